@@ -29,6 +29,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from gevent import get_hub as _get_hub
+from gevent import socket as _gevent_socket
 
 from .errors import BrokenError, BusyError, ClosedError, FlowError, FlowTimeout
 from .flow import (
@@ -471,7 +472,7 @@ def _format_address(address: object) -> str:
 # -- constructors ------------------------------------------------------------------
 
 
-def from_socket(sock: socket.socket, *, timeout: float | None = None) -> SocketFlow:
+def from_socket(sock: socket.socket | _gevent_socket.socket, *, timeout: float | None = None) -> SocketFlow:
     """Wrap a connected stream socket (stdlib or gevent) in a flow.
 
     The flow takes ownership: closing the flow closes the socket. A gevent
@@ -482,14 +483,16 @@ def from_socket(sock: socket.socket, *, timeout: float | None = None) -> SocketF
         ValueError: the socket is not a connected stream socket (a datagram
             socket, or a listening one).
     """
-    if not isinstance(sock, socket.socket):
+    check_timeout(timeout)
+    if not isinstance(sock, socket.socket | _gevent_socket.socket):
         raise TypeError(f"from_socket needs a socket object, not {type(sock).__name__}")
     if sock.type != socket.SOCK_STREAM:
         raise ValueError(f"a flow needs a stream socket, not {sock.type!r}")
     if _is_listening(sock):
         raise ValueError("that socket is listening; accept connections with greenflow.Server")
     if type(sock) is not socket.socket:
-        # A gevent socket (or another wrapper): take the fd for ourselves.
+        # A gevent socket (or a subclass): take the fd away from its wrapper,
+        # so that only the flow waits on it.
         family, type_, proto = sock.family, sock.type, sock.proto
         sock = socket.socket(family, type_, proto, fileno=sock.detach())
     return SocketFlow(sock, timeout=timeout)
@@ -504,6 +507,7 @@ def from_fd(fd: int, *, timeout: float | None = None) -> SocketFlow:
     Raises:
         ValueError: ``fd`` is not a connected stream socket.
     """
+    check_timeout(timeout)
     try:
         sock = socket.socket(fileno=fd)
     except OSError as exc:
@@ -519,6 +523,7 @@ def from_fd(fd: int, *, timeout: float | None = None) -> SocketFlow:
 
 def socketpair(*, timeout: float | None = None) -> tuple[SocketFlow, SocketFlow]:
     """Return two flows connected to each other through a Unix socketpair."""
+    check_timeout(timeout)
     left, right = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
     return SocketFlow(left, timeout=timeout), SocketFlow(right, timeout=timeout)
 
@@ -560,6 +565,9 @@ def connect_tcp(
                 if source_address is not None:
                     sock.bind(source_address)
                 _connect(sock, address)
+            except FlowError:  # our own timeout: an OSError too, but final
+                sock.close()
+                raise
             except OSError as exc:
                 sock.close()
                 failures.append(f"{_format_address(address)}: {exc.strerror or exc}")
@@ -572,7 +580,7 @@ def connect_tcp(
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             return SocketFlow(sock, timeout=timeout)
         error = BrokenError(f"could not connect to {_format_address((host, port))}: {'; '.join(failures)}")
-        error.errno = last.errno
+        error.errno = last.errno if last is not None else None
         raise error from last
     finally:
         if timer is not None:
@@ -587,8 +595,8 @@ def connect_unix(path: str | bytes, *, timeout: float | None = None) -> SocketFl
 def connect_vsock(cid: int, port: int, *, timeout: float | None = None) -> SocketFlow:
     """Connect to ``port`` on the virtual machine or host ``cid`` over AF_VSOCK.
 
-    ``socket.VMADDR_CID_LOCAL`` (1) is this machine, where the kernel has
-    vsock loopback.
+    CID 1 (``VMADDR_CID_LOCAL``) is this machine, where the kernel has vsock
+    loopback; CID 2 is the host.
     """
     if not hasattr(socket, "AF_VSOCK"):  # pragma: no cover - not Linux
         raise OSError(errno.EAFNOSUPPORT, "AF_VSOCK is not available on this system")
@@ -601,6 +609,9 @@ def _connect_family(family: int, address: Any, name: object, timeout: float | No
     sock = socket.socket(family, socket.SOCK_STREAM)
     try:
         _connect(sock, address)
+    except FlowError:
+        sock.close()
+        raise
     except OSError as exc:
         sock.close()
         raise broken_error(exc, f"connecting to {name!r}") from exc
@@ -642,10 +653,8 @@ def _resolve(host: str, port: int) -> list[tuple[int, Any]]:
         if family == socket.AF_INET:
             return [(family, (host, port))]
         return [(family, socket.getaddrinfo(host, port, family, socket.SOCK_STREAM, 0, socket.AI_NUMERICHOST)[0][4])]
-    from gevent import socket as gsocket
-
     try:
-        infos = gsocket.getaddrinfo(host, port, 0, socket.SOCK_STREAM)
+        infos = _gevent_socket.getaddrinfo(host, port, 0, socket.SOCK_STREAM)
     except OSError as exc:
         error = BrokenError(f"could not resolve {host!r}: {exc.strerror or exc}")
         raise error from exc
