@@ -14,6 +14,7 @@ from __future__ import annotations
 import abc
 import enum
 import logging
+import math
 import operator
 from collections.abc import Iterable
 from types import TracebackType
@@ -330,7 +331,7 @@ def check_timeout(value: float | None) -> float | None:
         return None
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise TypeError(f"timeout must be a number of seconds or None, not {value!r}")
-    if value < 0 or value != value:
+    if value < 0 or math.isnan(value):
         raise ValueError(f"timeout must be at least 0 seconds, not {value!r}")
     return float(value)
 

@@ -22,6 +22,7 @@ OS errors become flow errors in one place, :meth:`SocketFlow._broken`.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import socket
@@ -92,20 +93,20 @@ class SocketFlow(Flow):
     """
 
     __slots__ = (
-        "_sock",
+        "_addresses",
+        "_closed",
         "_fd",
         "_hub",
-        "_read_watcher",
-        "_write_watcher",
-        "_timeout",
-        "_closed",
-        "_reading",
-        "_writing",
         "_read_eof",
-        "_write_shut",
         "_read_error",
+        "_read_watcher",
+        "_reading",
+        "_sock",
+        "_timeout",
         "_write_error",
-        "_addresses",
+        "_write_shut",
+        "_write_watcher",
+        "_writing",
     )
 
     def __init__(self, sock: socket.socket, *, timeout: float | None = None) -> None:
@@ -375,10 +376,8 @@ class SocketFlow(Flow):
             return
         self._closed = True
         if self._addresses is None:
-            try:
+            with contextlib.suppress(OSError):
                 self._addresses = (self._sock.getsockname(), self._sock.getpeername())
-            except OSError:
-                pass
         watchers = (self._read_watcher, self._write_watcher)
         self._read_watcher = self._write_watcher = None
         try:
@@ -555,7 +554,9 @@ def connect_tcp(
         FlowTimeout: no connection within ``connect_timeout``.
     """
     limit = check_timeout(timeout if connect_timeout is None else connect_timeout)
-    timer = start_timer(limit, f"connecting to {_format_address((host, port))}") if limit is not None else None
+    timer = (
+        start_timer(limit, f"connecting to {_format_address((host, port))}") if limit is not None else None
+    )
     try:
         failures = []
         last: OSError | None = None
@@ -652,7 +653,12 @@ def _resolve(host: str, port: int) -> list[tuple[int, Any]]:
             continue
         if family == socket.AF_INET:
             return [(family, (host, port))]
-        return [(family, socket.getaddrinfo(host, port, family, socket.SOCK_STREAM, 0, socket.AI_NUMERICHOST)[0][4])]
+        return [
+            (
+                family,
+                socket.getaddrinfo(host, port, family, socket.SOCK_STREAM, 0, socket.AI_NUMERICHOST)[0][4],
+            )
+        ]
     try:
         infos = _gevent_socket.getaddrinfo(host, port, 0, socket.SOCK_STREAM)
     except OSError as exc:
@@ -666,4 +672,3 @@ def _is_listening(sock: socket.socket) -> bool:
         return bool(sock.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN))
     except OSError:
         return False
-

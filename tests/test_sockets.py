@@ -16,8 +16,9 @@ import gevent.socket
 import pytest
 
 import greenflow
-from greenflow import BrokenError, BusyError, ClosedError, FlowTimeout, SocketFlow
+from greenflow import BrokenError, ClosedError, FlowTimeout, SocketFlow
 from greenflow.testing import check_flow_pair
+
 from pairs import SOCKET_PAIRS, clogged, tcp_pair, unix_pair
 
 # -- the contract -------------------------------------------------------------------
@@ -205,7 +206,7 @@ def test_connect_tcp_timeout() -> None:
         port = listener.getsockname()[1]
         fillers = []
         try:
-            with pytest.raises(FlowTimeout, match="connecting to 127.0.0.1"):
+            with pytest.raises(FlowTimeout, match=r"connecting to 127\.0\.0\.1"):
                 for _ in range(16):
                     fillers.append(greenflow.connect_tcp("127.0.0.1", port, connect_timeout=0.2))
         finally:
@@ -314,7 +315,7 @@ def test_hub_stays_live_while_flows_block() -> None:
         assert not any(r.ready() for r in readers)
     finally:
         ticking.kill()
-        for a, b in pairs:
+        for _, b in pairs:
             b.write(b"go")
         gevent.joinall(readers, timeout=5)
         assert all(r.value == b"go" for r in readers)

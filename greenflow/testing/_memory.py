@@ -170,7 +170,9 @@ class MemoryFlow(Flow):
         self._write_error: BrokenError | None = None
 
     def __repr__(self) -> str:
-        return f"<MemoryFlow {'closed' if self._closed else 'open'} in={self.incoming!r} out={self.outgoing!r}>"
+        return (
+            f"<MemoryFlow {'closed' if self._closed else 'open'} in={self.incoming!r} out={self.outgoing!r}>"
+        )
 
     # -- reading ---------------------------------------------------------------
 
@@ -259,7 +261,9 @@ class MemoryFlow(Flow):
             pipe.withdraw()
             if not isinstance(exc, FlowError) or isinstance(exc, FlowTimeout):
                 if self._write_error is None:
-                    self._write_error = BrokenError(f"a {what} was interrupted and may have sent part of its data")
+                    self._write_error = BrokenError(
+                        f"a {what} was interrupted and may have sent part of its data"
+                    )
             raise
         finally:
             self._writing = False
@@ -333,4 +337,3 @@ def _pair(capacity: int, timeout: float | None) -> tuple[MemoryFlow, MemoryFlow]
     left = MemoryFlow(right_to_left, left_to_right, timeout=timeout)
     right = MemoryFlow(left_to_right, right_to_left, timeout=timeout)
     return left, right
-

@@ -1,0 +1,256 @@
+"""greenflow.testing: the in-memory pairs, their hooks, and the conformance suite.
+
+The suite is only worth something if it fails on flows that break the
+contract, so most of this module builds deliberately broken flows and checks
+that the suite names what is wrong with each.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from collections.abc import Callable, Iterable
+
+import gevent
+import pytest
+
+from greenflow import BrokenError, ClosedError, Flow, FlowTimeout, socketpair
+from greenflow.flow import Buffer, Shutdown
+from greenflow.testing import MemoryFlow, MemoryPipe, check_flow_pair, lockstep_pair, memory_pair
+from greenflow.testing._memory import _pair
+
+from pairs import MEMORY_PAIRS
+
+# -- the pairs keep the contract ------------------------------------------------------
+
+
+@pytest.mark.parametrize("kind", sorted(MEMORY_PAIRS))
+def test_conformance(kind: str) -> None:
+    check_flow_pair(MEMORY_PAIRS[kind], lockstep_pair)
+
+
+def test_importable_without_pytest() -> None:
+    code = "import sys, greenflow.testing; assert 'pytest' not in sys.modules; print('ok')"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=30)
+    assert result.stdout.strip() == "ok", result.stderr
+
+
+# -- buffering and hooks ------------------------------------------------------------------
+
+
+def test_memory_pair_buffer_is_bounded() -> None:
+    a, b = memory_pair(10)
+    a.write(b"0123456789")  # fits: returns at once
+    assert a.outgoing.buffered_bytes == 10
+    writing = gevent.spawn(a.write, b"abcdef")
+    gevent.sleep(0)
+    assert not writing.ready(), "a write past the buffer did not wait for the reader"
+    assert a.outgoing.pending_bytes == 6
+    assert b.read(4) == b"0123"  # makes room for 4 of the 6 pending bytes
+    gevent.sleep(0)
+    assert not writing.ready(), "the write returned with 2 bytes still pending"
+    assert a.outgoing.pending_bytes == 2
+    assert b.read() == b"456789abcdef"  # the buffer, then straight from the writer
+    writing.get(timeout=5)
+
+
+def test_lockstep_write_returns_only_when_read() -> None:
+    a, b = lockstep_pair()
+    writing = gevent.spawn(a.write, b"hello")
+    gevent.sleep(0)
+    assert not writing.ready()
+    assert b.read(2) == b"he"
+    gevent.sleep(0)
+    assert not writing.ready(), "the write returned before all of it was read"
+    assert b.read() == b"llo"
+    writing.get(timeout=5)
+
+
+def test_stalled_holds_back_data_and_eof() -> None:
+    a, b = memory_pair()
+    b.incoming.stalled = True
+    a.write(b"held")
+    a.shutdown("write")
+    b.timeout = 0.05
+    with pytest.raises(FlowTimeout):
+        b.read()
+    b.incoming.stalled = False
+    assert b.read() == b"held"
+    assert b.read() == b""
+
+
+def test_stall_released_from_another_greenlet() -> None:
+    a, b = memory_pair()
+    b.incoming.stalled = True
+    a.write(b"later")
+    reading = gevent.spawn(b.read)
+    gevent.sleep(0.01)
+    assert not reading.ready()
+    b.incoming.stalled = False
+    assert reading.get(timeout=5) == b"later"
+
+
+def test_trickle_reads_exactly() -> None:
+    a, b = memory_pair()
+    b.incoming.trickle = 3
+    a.write(b"abcdefgh")
+    assert b.read() == b"abc"
+    assert b.read() == b"def"
+    assert b.read(1) == b"g"
+    assert b.read() == b"h"
+    with pytest.raises(ValueError):
+        b.incoming.trickle = 0
+    b.incoming.trickle = None
+    a.write(b"all at once")
+    assert b.read() == b"all at once"
+
+
+def test_pipe_repr_and_bad_capacity() -> None:
+    assert "buffered=0/5" in repr(MemoryPipe(5))
+    with pytest.raises(ValueError):
+        MemoryPipe(-1)
+    with pytest.raises(ValueError):
+        memory_pair(0)
+
+
+def test_peer_close_gives_eof_then_broken_writes() -> None:
+    a, b = memory_pair()
+    a.write(b"last words")
+    a.close()
+    assert b.read() == b"last words"
+    assert b.read() == b""
+    with pytest.raises(BrokenError, match="peer has closed"):
+        b.write(b"anyone?")
+    with pytest.raises(ClosedError):
+        a.read()
+
+
+# -- the suite fails on broken flows ------------------------------------------------------
+
+
+class _Broken(MemoryFlow):
+    """A base for flows that break one rule each."""
+
+
+class IgnoresMaxBytes(_Broken):
+    def read(self, max_bytes: int | None = None) -> bytes:
+        return super().read(None)
+
+
+class ReturnsBytearray(_Broken):
+    def read(self, max_bytes: int | None = None) -> bytes:
+        return bytearray(super().read(max_bytes))  # type: ignore[return-value]
+
+
+class FakeEofOnTimeout(_Broken):
+    def read(self, max_bytes: int | None = None) -> bytes:
+        try:
+            return super().read(max_bytes)
+        except FlowTimeout:
+            return b""
+
+
+class NoBusyCheck(_Broken):
+    @property
+    def _reading(self) -> bool:
+        return False
+
+    @_reading.setter
+    def _reading(self, value: bool) -> None:
+        pass
+
+
+class CloseDoesNotWake(_Broken):
+    def close(self) -> None:
+        self._closed = True
+
+
+class WritevReorders(_Broken):
+    def writev(self, buffers: Iterable[Buffer]) -> None:
+        super().writev(list(buffers)[::-1])
+
+
+class ShutdownSendsNoEof(_Broken):
+    def shutdown(self, how: Shutdown | str = Shutdown.WRITE) -> None:
+        if how not in ("read", "write", "read_write", *Shutdown):
+            raise ValueError(how)
+        self._write_shut = True
+
+
+class SilentAfterClose(_Broken):
+    def write(self, data: Buffer) -> None:
+        if self.closed:
+            return
+        super().write(data)
+
+
+class EmptyWriteIsEof(_Broken):
+    def write(self, data: Buffer) -> None:
+        if not data:
+            self.outgoing.writer_done = True
+            self.outgoing.changed()
+            return
+        super().write(data)
+
+
+def _maker(cls: type[MemoryFlow]) -> Callable[[], tuple[Flow, Flow]]:
+    def make() -> tuple[Flow, Flow]:
+        a, b = _pair(65536, None)
+        a.__class__ = cls
+        b.__class__ = cls
+        return a, b
+
+    return make
+
+
+BROKEN = [
+    (IgnoresMaxBytes, "read never returns more than max_bytes"),
+    (ReturnsBytearray, "a fresh bytes object"),
+    (FakeEofOnTimeout, "FlowTimeout leaves reads usable"),
+    (NoBusyCheck, "two readers, or two writers, get BusyError"),
+    (CloseDoesNotWake, "wakes a blocked reader with ClosedError"),
+    (WritevReorders, "writev keeps order and content"),
+    (ShutdownSendsNoEof, "shutdown('write') is a half-close"),
+    (SilentAfterClose, "every later call raises ClosedError"),
+    (EmptyWriteIsEof, "write(b'') sends nothing and is not EOF"),
+]
+
+
+@pytest.mark.parametrize(("cls", "check"), BROKEN, ids=[cls.__name__ for cls, _ in BROKEN])
+def test_suite_fails_on_broken_flow(cls: type[MemoryFlow], check: str) -> None:
+    with pytest.raises(AssertionError) as caught:
+        check_flow_pair(_maker(cls), check_timeout=2, only=[check])
+    message = str(caught.value)
+    assert "flow contract checks failed" in message
+    failing = [line for line in message.splitlines() if line.startswith("- ")]
+    assert any(check in line for line in failing), f"the suite did not name {check!r}:\n{message}"
+
+
+def test_suite_reports_a_hung_check_by_name() -> None:
+    class NeverReturns(_Broken):
+        def read(self, max_bytes: int | None = None) -> bytes:
+            gevent.sleep(3600)
+            return b""
+
+    with pytest.raises(AssertionError, match=r"data flows both ways, intact: did not finish within 0.5 s"):
+        check_flow_pair(_maker(NeverReturns), check_timeout=0.5, only=["both ways"])
+
+
+def test_every_check_runs_and_all_failures_are_listed() -> None:
+    with pytest.raises(AssertionError) as caught:
+        check_flow_pair(_maker(WritevReorders))
+    message = str(caught.value)
+    # The writev check and the random stress both see the reordering; the
+    # other 21 checks pass, and all 23 ran.
+    assert "2 of 23 flow contract checks failed" in message
+    assert "- writev keeps order" in message
+    assert "- random full-duplex stress" in message
+
+
+def test_only_must_name_a_check() -> None:
+    with pytest.raises(ValueError, match="no check matches"):
+        check_flow_pair(memory_pair, only=["no such check"])
+
+
+def test_suite_passes_on_a_socketpair_quickly() -> None:
+    check_flow_pair(socketpair)
