@@ -1,0 +1,211 @@
+"""Listeners: TCP options, Unix socket files, adopted sockets, systemd, URLs."""
+
+from __future__ import annotations
+
+import os
+import socket
+import stat
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+import greenflow
+from greenflow.listeners import (
+    DEFAULT_BACKLOG,
+    Listener,
+    listen_fd,
+    listen_socket,
+    listen_systemd,
+    listen_tcp,
+    listen_unix,
+    listen_url,
+)
+
+from pairs import has_ipv6
+
+
+@pytest.fixture
+def closing() -> Iterator[list[Listener]]:
+    made: list[Listener] = []
+    yield made
+    for listener in made:
+        listener.close()
+
+
+def test_tcp_options(closing: list[Listener]) -> None:
+    listener = listen_tcp("127.0.0.1", 0)
+    closing.append(listener)
+    sock = listener.socket
+    assert sock.getsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR)
+    assert not sock.getsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT)
+    assert sock.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN)
+    assert sock.gettimeout() == 0.0
+    assert listener.address[1] != 0  # type: ignore[index]
+    assert listener.tls_context is None
+    assert DEFAULT_BACKLOG >= 1024
+
+
+def test_reuse_port_lets_two_listeners_share_a_port(closing: list[Listener]) -> None:
+    first = listen_tcp("127.0.0.1", 0, reuse_port=True)
+    closing.append(first)
+    port = first.address[1]  # type: ignore[index]
+    second = listen_tcp("127.0.0.1", port, reuse_port=True)
+    closing.append(second)
+    assert second.address == first.address
+    with pytest.raises(OSError):
+        listen_tcp("127.0.0.1", port)
+
+
+@pytest.mark.skipif(not has_ipv6(), reason="this machine has no IPv6 loopback (::1)")
+def test_ipv6_is_v6_only(closing: list[Listener]) -> None:
+    listener = listen_tcp("::1", 0)
+    closing.append(listener)
+    assert listener.socket.family == socket.AF_INET6
+    assert listener.socket.getsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY) == 1
+    assert listener.url.startswith("tcp://[::1]:")
+
+
+def test_unix_mode_and_cleanup(tmp_path: Path) -> None:
+    path = tmp_path / "app.sock"
+    listener = listen_unix(str(path), mode=0o600)
+    try:
+        info = path.lstat()
+        assert stat.S_ISSOCK(info.st_mode)
+        assert stat.S_IMODE(info.st_mode) == 0o600
+        assert listener.address == str(path)
+        assert listener.url == f"unix:{path}"
+        assert sorted(os.listdir(tmp_path)) == ["app.sock"]  # no temporary left
+        flow = greenflow.connect_unix(str(path), timeout=5)
+        flow.close()
+    finally:
+        listener.close()
+    assert not path.exists()
+
+
+def test_stale_unix_socket_is_replaced(tmp_path: Path) -> None:
+    path = str(tmp_path / "stale.sock")
+    dead = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    dead.bind(path)
+    dead.close()  # the file stays, nobody listens: stale
+    assert os.path.exists(path)
+    listener = listen_unix(path)
+    try:
+        flow = greenflow.connect_unix(path, timeout=5)
+        flow.close()
+    finally:
+        listener.close()
+    assert not os.path.exists(path)
+
+
+def test_live_unix_socket_is_not_replaced(tmp_path: Path) -> None:
+    path = str(tmp_path / "live.sock")
+    live = listen_unix(path)
+    try:
+        with pytest.raises(OSError, match="another process is listening"):
+            listen_unix(path)
+        flow = greenflow.connect_unix(path, timeout=5)  # still the first one's
+        flow.close()
+    finally:
+        live.close()
+
+
+def test_a_file_that_is_not_a_socket_is_not_replaced(tmp_path: Path) -> None:
+    path = tmp_path / "data.txt"
+    path.write_text("precious")
+    with pytest.raises(FileExistsError):
+        listen_unix(str(path))
+    assert path.read_text() == "precious"
+
+
+def test_close_leaves_a_newer_socket_alone(tmp_path: Path) -> None:
+    path = str(tmp_path / "s.sock")
+    old = listen_unix(path)
+    os.unlink(path)  # someone removed ours and a newer server took the path
+    newer = listen_unix(path)
+    try:
+        old.close()
+        assert os.path.exists(path)
+    finally:
+        newer.close()
+    assert not os.path.exists(path)
+
+
+def test_abstract_unix_socket(closing: list[Listener]) -> None:
+    name = f"\0greenflow-test-{os.getpid()}"
+    (listener,) = listen_url(f"unix:@{name[1:]}")
+    closing.append(listener)
+    assert listener.address == name
+    assert listener.url == f"unix:@{name[1:]}"
+    flow = greenflow.connect_unix(name, timeout=5)
+    flow.close()
+
+
+def test_adopting_sockets(closing: list[Listener]) -> None:
+    raw = socket.socket()
+    raw.bind(("127.0.0.1", 0))
+    raw.listen()
+    adopted = listen_socket(raw, name="mine")
+    closing.append(adopted)
+    assert adopted.name == "mine"
+    assert adopted.address == raw.getsockname()
+
+    raw2 = socket.socket()
+    raw2.bind(("127.0.0.1", 0))
+    raw2.listen()
+    by_fd = listen_fd(raw2.detach())
+    closing.append(by_fd)
+    assert not os.get_inheritable(by_fd.fileno())
+
+    not_listening = socket.socket()
+    try:
+        with pytest.raises(ValueError, match="not listening"):
+            listen_socket(not_listening)
+        with pytest.raises(ValueError, match="not listening"):
+            listen_fd(not_listening.fileno())
+        assert not_listening.fileno() >= 0  # refused: the caller keeps it
+    finally:
+        not_listening.close()
+
+
+def test_systemd_ignores_sockets_meant_for_another_process() -> None:
+    saved = {name: os.environ.get(name) for name in ("LISTEN_PID", "LISTEN_FDS")}
+    try:
+        os.environ["LISTEN_PID"] = str(os.getpid() + 1)
+        os.environ["LISTEN_FDS"] = "1"
+        assert listen_systemd() == []
+        assert "LISTEN_FDS" not in os.environ  # unset, as sd_listen_fds does
+        os.environ["LISTEN_FDS"] = "1"
+        assert listen_systemd() == []  # no LISTEN_PID at all
+    finally:
+        for name, value in saved.items():
+            os.environ.pop(name, None)
+            if value is not None:
+                os.environ[name] = value
+
+
+@pytest.mark.parametrize(
+    ("url", "message"),
+    [
+        ("foo://127.0.0.1:1", "unknown scheme"),
+        ("tcp://127.0.0.1", "host and a port"),
+        ("tcp://127.0.0.1:99999", "bad port"),
+        ("tcp:127.0.0.1:80", "should look like"),
+        ("tls://127.0.0.1:0", "no TLS context"),
+        ("unix:", "not a listener URL"),
+        ("fd://three", "descriptor number"),
+    ],
+)
+def test_bad_urls(url: str, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        listen_url(url)
+
+
+@pytest.mark.parametrize(
+    "url", ["tcp://127.0.0.1:0", "127.0.0.1:0", "unix:{tmp}/u.sock", "unix:///{tmp}/v.sock"]
+)
+def test_good_urls(url: str, tmp_path: Path, closing: list[Listener]) -> None:
+    listeners = listen_url(url.format(tmp=tmp_path))
+    closing.extend(listeners)
+    assert len(listeners) == 1
+    assert listeners[0].socket.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN)
