@@ -1,0 +1,177 @@
+"""pyOpenSSL contexts with secure defaults, for clients and for servers.
+
+Both helpers return a plain ``OpenSSL.SSL.Context``; anything they do not
+cover can be set on it before its first use, and a context built by hand is
+accepted wherever these are. The defaults: TLS 1.2 at least, certificates
+verified (a client always checks the server; a server checks clients when
+asked to), no TLS compression, forward-secret AEAD cipher suites only for
+TLS 1.2 (TLS 1.3 suites are all fine), and the server's order of preference.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Sequence
+
+from cryptography import x509
+from OpenSSL import SSL, crypto
+
+__all__ = ["client_context", "default_client_context", "server_context"]
+
+#: TLS 1.2 suites we allow: ECDHE or DHE key exchange, AES-GCM or ChaCha20.
+_TLS12_CIPHERS = b"ECDHE+AESGCM:ECDHE+CHACHA20:DHE+AESGCM:DHE+CHACHA20:!aNULL:!eNULL:!DSS:!SHA1"
+
+_VERSIONS = {"TLSv1.2": SSL.TLS1_2_VERSION, "TLSv1.3": SSL.TLS1_3_VERSION}
+
+Path = str | os.PathLike[str]
+
+_default_client: SSL.Context | None = None
+
+
+def _base_context(minimum_version: str, maximum_version: str | None) -> SSL.Context:
+    try:
+        low = _VERSIONS[minimum_version]
+        high = _VERSIONS[maximum_version] if maximum_version is not None else None
+    except KeyError as exc:
+        raise ValueError(f"TLS version must be one of {sorted(_VERSIONS)}, not {exc.args[0]!r}") from None
+    context = SSL.Context(SSL.TLS_METHOD)
+    context.set_min_proto_version(low)
+    if high is not None:
+        context.set_max_proto_version(high)
+    context.set_options(SSL.OP_NO_COMPRESSION)
+    context.set_cipher_list(_TLS12_CIPHERS)
+    return context
+
+
+def client_context(
+    *,
+    cafile: Path | None = None,
+    cadata: bytes | None = None,
+    use_system_store: bool | None = None,
+    alpn_protocols: Sequence[str] | None = None,
+    certfile: Path | None = None,
+    keyfile: Path | None = None,
+    minimum_version: str = "TLSv1.2",
+    maximum_version: str | None = None,
+) -> SSL.Context:
+    """A context for TLS clients that verifies the server.
+
+    Args:
+        cafile: a PEM file of trusted CA certificates.
+        cadata: PEM bytes of trusted CA certificates.
+        use_system_store: trust the system's CA store too. By default it is
+            used only when neither ``cafile`` nor ``cadata`` is given.
+        alpn_protocols: application protocols to offer, most wanted first.
+        certfile, keyfile: a client certificate chain and its key (PEM; the
+            key may be in ``certfile``), for servers that ask for one.
+        minimum_version, maximum_version: ``"TLSv1.2"`` or ``"TLSv1.3"``.
+
+    Host names are checked per connection, by :func:`greenflow.tls.client`.
+    """
+    context = _base_context(minimum_version, maximum_version)
+    context.set_verify(SSL.VERIFY_PEER)
+    if cafile is not None:
+        context.load_verify_locations(os.fsdecode(cafile))
+    if cadata is not None:
+        store = context.get_cert_store()
+        assert store is not None
+        for certificate in x509.load_pem_x509_certificates(cadata):
+            store.add_cert(crypto.X509.from_cryptography(certificate))
+    if use_system_store or (use_system_store is None and cafile is None and cadata is None):
+        context.set_default_verify_paths()
+    if alpn_protocols:
+        context.set_alpn_protos([_protocol(name) for name in alpn_protocols])
+    if certfile is not None:
+        context.use_certificate_chain_file(os.fsencode(certfile))
+        context.use_privatekey_file(os.fsencode(keyfile if keyfile is not None else certfile))
+        context.check_privatekey()
+    return context
+
+
+def default_client_context() -> SSL.Context:
+    """The shared client context: the system's CA store, verification on.
+
+    Built once, on first use (loading the system store takes a while).
+    """
+    global _default_client
+    if _default_client is None:
+        _default_client = client_context()
+    return _default_client
+
+
+def server_context(
+    certfile: Path,
+    keyfile: Path | None = None,
+    *,
+    client_cafile: Path | None = None,
+    require_client_certificate: bool = False,
+    alpn_protocols: Sequence[str] | None = None,
+    sni_callback: Callable[[str | None], SSL.Context | None] | None = None,
+    minimum_version: str = "TLSv1.2",
+    maximum_version: str | None = None,
+) -> SSL.Context:
+    """A context for TLS servers.
+
+    Args:
+        certfile: the server's certificate chain (PEM, leaf first); it may
+            hold the key too.
+        keyfile: the private key (PEM), if not in ``certfile``.
+        client_cafile: CA certificates that client certificates must chain
+            to; giving it makes the server ask clients for a certificate and
+            verify any that is sent.
+        require_client_certificate: fail the handshake of a client that sends
+            no certificate (needs ``client_cafile``).
+        alpn_protocols: application protocols the server speaks, most wanted
+            first. A client that offers ALPN but none of these is refused
+            with a ``no_application_protocol`` alert; a client that offers
+            no ALPN at all is served.
+        sni_callback: called with the name the client asked for (``None`` if
+            it sent none); it may return another context (with another
+            certificate) to use for this connection, or ``None`` to keep
+            this one.
+        minimum_version, maximum_version: ``"TLSv1.2"`` or ``"TLSv1.3"``.
+    """
+    if require_client_certificate and client_cafile is None:
+        raise ValueError("require_client_certificate needs client_cafile, to verify the certificates")
+    context = _base_context(minimum_version, maximum_version)
+    context.set_options(SSL.OP_CIPHER_SERVER_PREFERENCE)
+    context.use_certificate_chain_file(os.fsencode(certfile))
+    context.use_privatekey_file(os.fsencode(keyfile if keyfile is not None else certfile))
+    context.check_privatekey()
+    # A session id context lets sessions be resumed when clients are verified.
+    context.set_session_id(b"greenflow")
+    if client_cafile is not None:
+        context.load_verify_locations(os.fsdecode(client_cafile))
+        context.load_client_ca(os.fsencode(client_cafile))
+        mode = SSL.VERIFY_PEER
+        if require_client_certificate:
+            mode |= SSL.VERIFY_FAIL_IF_NO_PEER_CERT
+        context.set_verify(mode)
+    if alpn_protocols:
+        offered = [_protocol(name) for name in alpn_protocols]
+
+        def select(_conn: SSL.Connection, client_protocols: list[bytes]) -> bytes | object:
+            for protocol in offered:
+                if protocol in client_protocols:
+                    return protocol
+            return SSL.NO_OVERLAPPING_PROTOCOLS
+
+        context.set_alpn_select_callback(select)  # type: ignore[arg-type]
+    if sni_callback is not None:
+        callback = sni_callback
+
+        def on_server_name(conn: SSL.Connection) -> None:
+            name = conn.get_servername()
+            chosen = callback(name.decode("ascii", "replace") if name else None)
+            if chosen is not None:
+                conn.set_context(chosen)
+
+        context.set_tlsext_servername_callback(on_server_name)
+    return context
+
+
+def _protocol(name: str) -> bytes:
+    encoded = name.encode("ascii")
+    if not 0 < len(encoded) < 256:
+        raise ValueError(f"an ALPN protocol name must be 1 to 255 bytes, not {name!r}")
+    return encoded
