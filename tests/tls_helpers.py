@@ -7,13 +7,13 @@ files live in a temporary folder that the session fixture removes.
 from __future__ import annotations
 
 import datetime
+import functools
 import os
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import gevent
-import pytest
 import trustme
 from OpenSSL import SSL
 
@@ -55,10 +55,19 @@ def make_certs(folder: str) -> Certs:
     return Certs(folder=folder, **paths)
 
 
-@pytest.fixture(scope="session")
-def certs() -> Iterator[Certs]:
-    with tempfile.TemporaryDirectory() as folder:
-        yield make_certs(folder)
+_folder: tempfile.TemporaryDirectory[str] | None = None
+
+
+@functools.cache
+def shared_certs() -> Certs:
+    """The test session's certificates, made on first use.
+
+    The folder is removed when the interpreter exits (TemporaryDirectory's
+    finalizer).
+    """
+    global _folder
+    _folder = tempfile.TemporaryDirectory(prefix="greenflow-tls-")
+    return make_certs(_folder.name)
 
 
 def contexts(
