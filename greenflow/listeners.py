@@ -33,11 +33,14 @@ import os
 import secrets
 import socket
 import stat
-from typing import Final
+from typing import TYPE_CHECKING, Final
 from urllib.parse import urlsplit
 
 from .flow import Flow
 from .sockets import SocketFlow
+
+if TYPE_CHECKING:
+    from OpenSSL import SSL
 
 __all__ = [
     "DEFAULT_BACKLOG",
@@ -103,7 +106,7 @@ class Listener:
         sock: socket.socket,
         *,
         address: object = None,
-        tls_context: object | None = None,
+        tls_context: SSL.Context | None = None,
         handshake_timeout: float = DEFAULT_HANDSHAKE_TIMEOUT,
         name: str | None = None,
         unlink: tuple[str, int, int] | None = None,
@@ -190,7 +193,9 @@ class Listener:
             return flow
         # Imported late: a plain server never loads pyOpenSSL.
         tls = importlib.import_module("greenflow.tls")
-        secured: Flow = tls.server(flow, self.tls_context, handshake_timeout=self.handshake_timeout)
+        secured: Flow = tls.server(
+            flow, self.tls_context, handshake_timeout=self.handshake_timeout, timeout=flow.timeout
+        )
         return secured
 
 
@@ -203,7 +208,7 @@ def listen_tcp(
     *,
     backlog: int = DEFAULT_BACKLOG,
     reuse_port: bool = False,
-    tls_context: object | None = None,
+    tls_context: SSL.Context | None = None,
     handshake_timeout: float = DEFAULT_HANDSHAKE_TIMEOUT,
 ) -> Listener:
     """Listen on TCP ``host:port``; port 0 picks a free port.
@@ -238,7 +243,7 @@ def listen_tcp(
 def listen_tls(
     host: str,
     port: int,
-    context: object,
+    context: SSL.Context,
     *,
     handshake_timeout: float = DEFAULT_HANDSHAKE_TIMEOUT,
     backlog: int = DEFAULT_BACKLOG,
@@ -283,7 +288,7 @@ def listen_unix(
     *,
     mode: int | None = None,
     backlog: int = DEFAULT_BACKLOG,
-    tls_context: object | None = None,
+    tls_context: SSL.Context | None = None,
     handshake_timeout: float = DEFAULT_HANDSHAKE_TIMEOUT,
 ) -> Listener:
     """Listen on the Unix socket ``path`` (a leading NUL: abstract namespace).
@@ -383,7 +388,7 @@ def _check_unix_path(path: str) -> bool:
 def listen_socket(
     sock: socket.socket,
     *,
-    tls_context: object | None = None,
+    tls_context: SSL.Context | None = None,
     handshake_timeout: float = DEFAULT_HANDSHAKE_TIMEOUT,
     name: str | None = None,
 ) -> Listener:
@@ -409,7 +414,7 @@ def listen_socket(
 def listen_fd(
     fd: int,
     *,
-    tls_context: object | None = None,
+    tls_context: SSL.Context | None = None,
     handshake_timeout: float = DEFAULT_HANDSHAKE_TIMEOUT,
     name: str | None = None,
 ) -> Listener:
@@ -442,7 +447,7 @@ def listen_fd(
 def listen_systemd(
     *,
     unset_environment: bool = True,
-    tls_context: object | None = None,
+    tls_context: SSL.Context | None = None,
     handshake_timeout: float = DEFAULT_HANDSHAKE_TIMEOUT,
 ) -> list[Listener]:
     """Adopt the sockets passed by systemd socket activation.
@@ -488,7 +493,7 @@ def listen_url(
     backlog: int = DEFAULT_BACKLOG,
     reuse_port: bool = False,
     mode: int | None = None,
-    tls_context: object | None = None,
+    tls_context: SSL.Context | None = None,
     handshake_timeout: float = DEFAULT_HANDSHAKE_TIMEOUT,
 ) -> list[Listener]:
     """Make the listeners a ``--bind`` URL names.
@@ -510,6 +515,8 @@ def listen_url(
         ValueError: the URL is malformed, or a TLS URL has no context.
     """
     scheme, _, rest = url.partition(":")
+    if scheme.lower() == "systemd" and rest in ("", "//"):
+        return listen_systemd(tls_context=tls_context, handshake_timeout=handshake_timeout)
     if not rest and "://" not in url:
         raise ValueError(f"{url!r} is not a listener URL (try tcp://127.0.0.1:8000 or unix:/path)")
     scheme = scheme.lower()
@@ -528,8 +535,6 @@ def listen_url(
                 path, mode=mode, backlog=backlog, tls_context=context, handshake_timeout=handshake_timeout
             )
         ]
-    if scheme == "systemd":
-        return listen_systemd(tls_context=tls_context, handshake_timeout=handshake_timeout)
     if scheme == "fd":
         number = rest.lstrip("/")
         if not number.isdigit():

@@ -115,6 +115,9 @@ from .flow import Flow, check_timeout
 from .listeners import DEFAULT_HANDSHAKE_TIMEOUT, Listener, listen_url
 from .sockets import SocketFlow
 
+if TYPE_CHECKING:
+    from OpenSSL import SSL
+
 __all__ = [
     "ACCEPT_BATCH",
     "DEFAULT_GRACE",
@@ -226,7 +229,7 @@ class Server:
         max_connections: int | None = None,
         timeout: float | None = None,
         grace: float = DEFAULT_GRACE,
-        tls_context: object | None = None,
+        tls_context: SSL.Context | None = None,
         handshake_timeout: float = DEFAULT_HANDSHAKE_TIMEOUT,
     ) -> None:
         if not listeners:

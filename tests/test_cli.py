@@ -1,0 +1,251 @@
+"""The command line, run as a user would: ``python -m greenflow serve`` and ``connect``."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import textwrap
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import gevent
+import gevent.subprocess
+import pytest
+
+import greenflow
+from greenflow.cli import DEFAULT_BIND, build_parser, load_handler
+from greenflow.handlers import echo
+
+REPO = Path(__file__).parent.parent
+ENV = dict(os.environ, PYTHONPATH=str(REPO), PYTHONUNBUFFERED="1")
+LISTENING = re.compile(rb"greenflow: listening on (\S+)")
+CERTIFICATE = re.compile(rb"self-signed certificate for local use: (\S+)")
+
+#: Plays systemd: moves the socket to descriptor 3, names its own pid (which
+#: exec keeps) in LISTEN_PID, and runs the command.
+SYSTEMD_LAUNCHER = """
+import os, sys
+fd = int(sys.argv[1])
+os.dup2(fd, 3)
+os.close(fd)
+os.environ.update(LISTEN_PID=str(os.getpid()), LISTEN_FDS="1", LISTEN_FDNAMES="web")
+os.execv(sys.argv[2], sys.argv[2:])
+"""
+
+HAVE_TLS = importlib.util.find_spec("greenflow.tls") is not None
+
+
+class Served:
+    """A ``greenflow serve`` child process; always killed in teardown."""
+
+    def __init__(self, *args: str, cwd: Path | None = None, activate_fd: int | None = None) -> None:
+        command = [sys.executable, "-m", "greenflow", "serve", *args]
+        if activate_fd is not None:
+            command = [sys.executable, "-c", SYSTEMD_LAUNCHER, str(activate_fd), *command]
+        self.process = gevent.subprocess.Popen(
+            command,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            env=ENV,
+            cwd=cwd,
+            pass_fds=() if activate_fd is None else (activate_fd,),
+        )
+        self.output = b""
+
+    def wait_for(self, pattern: re.Pattern[bytes], count: int = 1) -> list[str]:
+        """Read stderr until ``count`` lines match; return their first groups."""
+        found: list[str] = []
+        assert self.process.stderr is not None
+        with gevent.Timeout(
+            20, AssertionError(f"no {pattern.pattern!r} line; stderr so far: {self.output!r}")
+        ):
+            while len(found) < count:
+                line = self.process.stderr.readline()
+                if not line:
+                    raise AssertionError(f"serve exited early: {self.output!r}")
+                self.output += line
+                match = pattern.search(line)
+                if match:
+                    found.append(match.group(1).decode())
+        return found
+
+    def terminate(self, signum: int = signal.SIGTERM, timeout: float = 15) -> int:
+        self.process.send_signal(signum)
+        _, rest = self.process.communicate(timeout=timeout)
+        self.output += rest
+        return int(self.process.returncode)
+
+    def kill(self) -> None:
+        if self.process.poll() is None:
+            self.process.kill()
+            self.process.communicate(timeout=15)
+
+
+@pytest.fixture
+def children() -> Iterator[list[Served]]:
+    made: list[Served] = []
+    yield made
+    for child in made:
+        child.kill()
+
+
+def host_port(url: str) -> tuple[str, int]:
+    match = re.fullmatch(r"(?:tcp|tls)://\[?([^\]]+)\]?:(\d+)", url)
+    assert match, url
+    return match.group(1), int(match.group(2))
+
+
+def run_connect(url: str, stdin: bytes, *extra: str) -> subprocess.CompletedProcess[bytes]:
+    process = gevent.subprocess.Popen(
+        [sys.executable, "-m", "greenflow", "connect", url, *extra],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=ENV,
+    )
+    try:
+        out, err = process.communicate(stdin, timeout=20)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.communicate(timeout=15)
+    return subprocess.CompletedProcess(process.args, process.returncode, out, err)
+
+
+def talk(host: str, port: int, payload: bytes) -> bytes:
+    with greenflow.connect_tcp(host, port, timeout=10) as flow:
+        flow.write(payload)
+        flow.shutdown("write")
+        data = b""
+        while chunk := flow.read():
+            data += chunk
+        return data
+
+
+def test_parser_defaults() -> None:
+    args = build_parser().parse_args(["serve"])
+    assert args.handler == "echo"
+    assert args.bind is None  # main() uses DEFAULT_BIND
+    assert DEFAULT_BIND.startswith("tcp://127.0.0.1:")
+    assert load_handler("echo") is echo
+
+
+def test_serve_echo_connect_and_sigterm(children: list[Served]) -> None:
+    served = Served("echo", "--bind", "tcp://127.0.0.1:0")
+    children.append(served)
+    (url,) = served.wait_for(LISTENING)
+    host, port = host_port(url)
+    assert port != 0
+    # A plain socket client.
+    assert talk(host, port, b"plain\n") == b"plain\n"
+    # greenflow connect, like netcat: stdin to the server, the server to stdout.
+    result = run_connect(url, b"hello\nworld\n")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == b"hello\nworld\n"
+    assert served.terminate() == 0
+    assert b"SIGTERM: stopping" in served.output
+    assert served.output.rstrip().endswith(b"greenflow: stopped")
+
+
+def test_sigterm_ends_idle_clients_promptly(children: list[Served]) -> None:
+    served = Served("--bind", "tcp://127.0.0.1:0", "--grace", "30")
+    children.append(served)
+    (url,) = served.wait_for(LISTENING)
+    host, port = host_port(url)
+    with greenflow.connect_tcp(host, port, timeout=10) as client:
+        client.write(b"x")
+        assert client.read() == b"x"  # the handler is running and now idle
+        started = time.monotonic()
+        served.process.send_signal(signal.SIGTERM)
+        assert client.read() == b""
+        assert served.process.wait(timeout=10) == 0
+        assert time.monotonic() - started < 5  # far less than the 30 s grace
+
+
+def test_serve_a_handler_from_a_module_on_unix(children: list[Served], tmp_path: Path) -> None:
+    (tmp_path / "shouting.py").write_text(
+        textwrap.dedent(
+            """
+            def handler(flow):
+                # Read until the client's EOF, then answer: connect must
+                # half-close and still print the answer.
+                data = b""
+                while chunk := flow.read():
+                    data += chunk
+                flow.write(data.upper() + b"!")
+            """
+        )
+    )
+    path = tmp_path / "s.sock"
+    served = Served("shouting:handler", "--bind", f"unix:{path}", "--unix-mode", "600", cwd=tmp_path)
+    children.append(served)
+    assert served.wait_for(LISTENING) == [f"unix:{path}"]
+    assert oct(path.stat().st_mode & 0o777) == oct(0o600)
+    result = run_connect(f"unix:{path}", b"quiet words")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == b"QUIET WORDS!"
+    assert served.terminate() == 0
+    assert not path.exists()
+
+
+def test_bad_handler_and_bad_bind(children: list[Served]) -> None:
+    missing = Served("no_such_module_anywhere:handler", "--bind", "tcp://127.0.0.1:0")
+    children.append(missing)
+    _, err = missing.process.communicate(timeout=20)
+    assert missing.process.returncode == 2
+    assert b"cannot load the handler" in err
+    bad = Served("--bind", "ftp://127.0.0.1:0")
+    children.append(bad)
+    _, err = bad.process.communicate(timeout=20)
+    assert bad.process.returncode == 1
+    assert b"unknown scheme" in err
+
+
+def test_connect_reports_a_refused_connection() -> None:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]  # bound, not listening: refused
+        result = run_connect(f"tcp://127.0.0.1:{port}", b"")
+    assert result.returncode == 1
+    assert b"cannot connect" in result.stderr
+
+
+def test_systemd_socket_activation(children: list[Served]) -> None:
+    listening = socket.socket()
+    listening.bind(("127.0.0.1", 0))
+    listening.listen()
+    port = listening.getsockname()[1]
+    try:
+        served = Served("--bind", "systemd:", activate_fd=listening.fileno())
+    finally:
+        listening.close()
+    children.append(served)
+    assert served.wait_for(LISTENING) == [f"tcp://127.0.0.1:{port}"]
+    assert talk("127.0.0.1", port, b"activated") == b"activated"
+    assert served.terminate() == 0
+
+
+@pytest.mark.skipif(not HAVE_TLS, reason="greenflow.tls is not importable yet")
+def test_tls_with_a_self_signed_certificate(children: list[Served]) -> None:
+    served = Served("--bind", "tls://127.0.0.1:0", "--bind", "tcp://127.0.0.1:0")
+    children.append(served)
+    (certificate,) = served.wait_for(CERTIFICATE)
+    tls_url, tcp_url = served.wait_for(LISTENING, 2)
+    assert tls_url.startswith("tls://127.0.0.1:")
+    result = run_connect(tls_url, b"secret\n", "--cafile", certificate)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == b"secret\n"
+    # Verification is on by default: without the certificate it fails.
+    refused = run_connect(tls_url, b"secret\n")
+    assert refused.returncode == 1
+    # The plain listener next to it is unaffected.
+    assert talk(*host_port(tcp_url), b"plain") == b"plain"
+    assert served.terminate() == 0
+    assert not Path(certificate).exists()  # the temporary certificate is removed
