@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import importlib
 import os
 import secrets
 import socket
@@ -191,12 +190,11 @@ class Listener:
         """
         if self.tls_context is None:
             return flow
-        # Imported late: a plain server never loads pyOpenSSL.
-        tls = importlib.import_module("greenflow.tls")
-        secured: Flow = tls.server(
+        from . import tls  # noqa: PLC0415 - imported late: plain servers never load pyOpenSSL
+
+        return tls.server(
             flow, self.tls_context, handshake_timeout=self.handshake_timeout, timeout=flow.timeout
         )
-        return secured
 
 
 # -- TCP ---------------------------------------------------------------------------
