@@ -647,11 +647,11 @@ class _Connection(_GreenletBase):
         self.sock = sock
         self.peer = peer
         self.flow: Flow | None = None
-        self.marker = _IdleMarker(self)
+        self.marker: _IdleMarker | None = None  # made on the first idle()
 
     @property
     def idle(self) -> bool:
-        return self.marker.idle
+        return self.marker is not None and self.marker.idle
 
     def _run(self) -> None:
         self.server._serve(self)
@@ -728,5 +728,8 @@ def idle() -> AbstractContextManager[None]:
     """
     current = getcurrent()
     if type(current) is _Connection:
-        return current.marker
+        marker = current.marker
+        if marker is None:
+            marker = current.marker = _IdleMarker(current)
+        return marker
     return _NOT_SERVED
