@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from .errors import BrokenError, BusyError, ClosedError, FlowError, FlowTimeout
 from .flow import DEFAULT_READ_SIZE, Flow, Shutdown
+from .pipes import PipeFlow, from_pipes, pipe_pair
 from .sockets import (
     SocketFlow,
     connect_tcp,
@@ -27,13 +28,16 @@ __all__ = [
     "Flow",
     "FlowError",
     "FlowTimeout",
+    "PipeFlow",
     "Shutdown",
     "SocketFlow",
     "connect_tcp",
     "connect_unix",
     "connect_vsock",
     "from_fd",
+    "from_pipes",
     "from_socket",
+    "pipe_pair",
     "socketpair",
 ]
 

@@ -15,13 +15,16 @@ PUBLIC = {
     "Flow",
     "FlowError",
     "FlowTimeout",
+    "PipeFlow",
     "Shutdown",
     "SocketFlow",
     "connect_tcp",
     "connect_unix",
     "connect_vsock",
     "from_fd",
+    "from_pipes",
     "from_socket",
+    "pipe_pair",
     "socketpair",
 }
 

@@ -23,7 +23,7 @@ def test_message_is_the_sentence(cls: type[FlowError]) -> None:
 
 
 def test_broken_error_keeps_its_cause_and_errno() -> None:
-    from greenflow.sockets import broken_error
+    from greenflow.descriptors import broken_error
 
     cause = ConnectionResetError(104, "Connection reset by peer")
     error = broken_error(cause, "reading the connection to 127.0.0.1:80")
