@@ -462,8 +462,12 @@ class TLSEngine:
             raise ValueError("the TLS handshake has not completed")
 
     def _check_error(self) -> None:
-        if self._error is not None:
-            raise TLSError(str(self._error)) from self._error
+        error = self._error
+        if error is not None:
+            again = type(error)(str(error))  # the same kind, with a fresh traceback
+            if isinstance(error, TLSCertificateError) and isinstance(again, TLSCertificateError):
+                again.verify_code = error.verify_code
+            raise again from error
 
     def _fail(self, error: TLSError) -> TLSError:
         self.state = EngineState.ERROR
