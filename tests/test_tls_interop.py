@@ -75,8 +75,20 @@ class OpenSSLProcess:
 @contextlib.contextmanager
 def s_server(certs: Certs, version: str, *extra: str) -> Iterator[tuple[OpenSSLProcess, int]]:
     server = OpenSSLProcess(
-        ["s_server", "-accept", "127.0.0.1:0", "-naccept", "1", "-cert", certs.server, "-key", certs.server]
-        + [_FLAG[version], "-ign_eof", *extra]
+        [
+            "s_server",
+            "-accept",
+            "127.0.0.1:0",
+            "-naccept",
+            "1",
+            "-cert",
+            certs.server,
+            "-key",
+            certs.server,
+            _FLAG[version],
+            "-ign_eof",
+            *extra,
+        ]
     )
     try:
         output = server.wait_for(b"ACCEPT 127.0.0.1:")
@@ -159,8 +171,20 @@ def test_server_against_openssl_s_client(version: str) -> None:
     with _listener() as listener:
         port = listener.getsockname()[1]
         client = OpenSSLProcess(
-            ["s_client", "-connect", f"127.0.0.1:{port}", "-CAfile", certs.ca, "-servername", "localhost"]
-            + ["-verify_return_error", "-verify_hostname", "localhost", _FLAG[version], "-brief"]
+            [
+                "s_client",
+                "-connect",
+                f"127.0.0.1:{port}",
+                "-CAfile",
+                certs.ca,
+                "-servername",
+                "localhost",
+                "-verify_return_error",
+                "-verify_hostname",
+                "localhost",
+                _FLAG[version],
+                "-brief",
+            ]
         )
         try:
             flow = tls.server(_accept(listener), server_ctx, handshake_timeout=10)
