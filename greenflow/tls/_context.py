@@ -16,6 +16,8 @@ from collections.abc import Callable, Sequence
 from cryptography import x509
 from OpenSSL import SSL, crypto
 
+from ._errors import TLSError
+
 __all__ = ["client_context", "default_client_context", "server_context"]
 
 #: TLS 1.2 suites we allow: ECDHE or DHE key exchange, AES-GCM or ChaCha20.
@@ -123,8 +125,9 @@ def server_context(
             no certificate (needs ``client_cafile``).
         alpn_protocols: application protocols the server speaks, most wanted
             first. A client that offers ALPN but none of these is refused
-            with a ``no_application_protocol`` alert; a client that offers
-            no ALPN at all is served.
+            with a ``no_application_protocol`` alert (and the server's
+            handshake raises :class:`TLSError` saying what was offered); a
+            client that offers no ALPN at all is served.
         sni_callback: called with the name the client asked for (``None`` if
             it sent none); it may return another context (with another
             certificate) to use for this connection, or ``None`` to keep
@@ -150,13 +153,20 @@ def server_context(
     if alpn_protocols:
         offered = [_protocol(name) for name in alpn_protocols]
 
-        def select(_conn: SSL.Connection, client_protocols: list[bytes]) -> bytes | object:
+        def select(_conn: SSL.Connection, client_protocols: list[bytes]) -> bytes:
             for protocol in offered:
                 if protocol in client_protocols:
                     return protocol
-            return SSL.NO_OVERLAPPING_PROTOCOLS
+            # Raising makes pyOpenSSL answer with a fatal
+            # no_application_protocol alert, and re-raise this error from
+            # the handshake (RFC 7301: refuse rather than guess).
+            theirs = [name.decode("ascii", "replace") for name in client_protocols]
+            raise TLSError(
+                "TLS handshake failed: no application protocol in common "
+                f"(the client offered {theirs}, this server speaks {list(alpn_protocols)})"
+            )
 
-        context.set_alpn_select_callback(select)  # type: ignore[arg-type]
+        context.set_alpn_select_callback(select)
     if sni_callback is not None:
         callback = sni_callback
 

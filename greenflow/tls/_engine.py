@@ -289,6 +289,8 @@ class TLSEngine:
             return NEED_INPUT
         except SSL.Error as exc:
             raise self._fail(self._translate(exc, "handshake")) from exc
+        except TLSError as exc:  # raised by one of our context's callbacks
+            raise self._fail(exc) from None
         self.state = EngineState.OPEN
         return None
 

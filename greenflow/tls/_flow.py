@@ -47,13 +47,14 @@ holder leaves.
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from typing import Final, TypeVar
 
-import gevent  # type: ignore[import-untyped]
-from gevent.greenlet import Greenlet  # type: ignore[import-untyped]
-from gevent.lock import Semaphore  # type: ignore[import-untyped]
-from greenlet import getcurrent, greenlet  # type: ignore[import-untyped]
+import gevent
+from gevent.greenlet import Greenlet
+from gevent.lock import Semaphore
+from greenlet import getcurrent, greenlet
 from OpenSSL import SSL
 
 from ..errors import BrokenError, BusyError, ClosedError, FlowError, FlowTimeout
@@ -96,6 +97,25 @@ CLOSE_NOTIFY_TIMEOUT: Final = 0.1
 #: What the reader drains the engine's output with before it waits: enough
 #: for a handshake flight or an alert in one call.
 _PROBE_SIZE: Final = RECORD_SIZE + 4 * _RECORD_OVERHEAD
+
+
+class _GiveUpError(BaseException):
+    """Ends a bounded best-effort step; a BaseException, so no flow wraps it."""
+
+
+@contextmanager
+def _bounded(seconds: float) -> Iterator[None]:
+    """Run the block for at most ``seconds``, then give up on it quietly."""
+    expired = _GiveUpError()
+    timer = gevent.Timeout(seconds, expired)
+    timer.start()
+    try:
+        yield
+    except _GiveUpError as exc:
+        if exc is not expired:
+            raise
+    finally:
+        timer.close()
 
 
 class _ReadShutdownWakeupError(Exception):
@@ -162,7 +182,7 @@ class TLSFlow(Flow):
         self._hub = gevent.get_hub()
         self._outbox: deque[bytes] = deque()
         self._send_lock = Semaphore()
-        self._sender: Greenlet | None = None
+        self._sender: Greenlet[[], None] | None = None
         self._recv_lock = Semaphore()
         self._recv_count = 0
         self._closed = False
@@ -464,7 +484,7 @@ class TLSFlow(Flow):
                 return
             self._queue_output(_PROBE_SIZE)
             if self._outbox:
-                with gevent.Timeout(CLOSE_NOTIFY_TIMEOUT, False):
+                with _bounded(CLOSE_NOTIFY_TIMEOUT):
                     self._send_outbox(wait=False)
         except FlowError as exc:
             log.debug("could not send the TLS alert on %r: %s", self, exc)
@@ -536,7 +556,7 @@ class TLSFlow(Flow):
             return
         engine.send_close_notify()
         self._queue_output(_PROBE_SIZE)
-        with gevent.Timeout(CLOSE_NOTIFY_TIMEOUT, False):
+        with _bounded(CLOSE_NOTIFY_TIMEOUT):
             self._send_outbox(wait=False)
 
     def _discard_arrived(self) -> None:
@@ -549,7 +569,7 @@ class TLSFlow(Flow):
         """
         if self._recv_lock.locked() or self._under_closed:
             return
-        with gevent.Timeout(0, False):
+        with _bounded(0):
             for _ in range(16):
                 if not self._under.read(RECEIVE_SIZE):
                     break
