@@ -211,7 +211,12 @@ class DescriptorFlow(Flow):
             raise closed_error("read") from None
         except _WokenByReadShutdown:
             return True
-        return False
+        # The descriptor may have become ready in the same loop turn in which
+        # another greenlet closed the flow or shut down reading, before the
+        # wake-up callback ran: the flags, not the watcher, have the last word.
+        if self._closed:
+            raise closed_error("read")
+        return self._read_eof
 
     def _read_failed(self, exc: OSError) -> FlowError:
         if self._closed:
@@ -324,6 +329,8 @@ class DescriptorFlow(Flow):
             self._hub.wait(watcher)
         except _WokenByClose:
             raise closed_error("write") from None
+        if self._closed:  # closed in the turn the descriptor became ready
+            raise closed_error("write")
 
     def _write_interrupted(self, exc: BaseException) -> BaseException:
         """Mark the writing direction broken after a write that did not finish.

@@ -333,3 +333,38 @@ def test_shutdown_read_then_peer_data_is_discarded() -> None:
         assert a.read() == b""
         a.write(b"still writing")
         assert b.read() == b"still writing"
+
+
+def test_close_in_the_same_loop_turn_as_readiness_wins() -> None:
+    # The closer and the reader wake in one loop turn, and the closer runs
+    # first and closes the flow; then the reader's watcher fires with data
+    # ready. The read must raise ClosedError, not return the data.
+    a, b = greenflow.socketpair()
+    trigger_a, trigger_b = greenflow.socketpair()
+    with a, b, trigger_a, trigger_b:
+        outcome: list[object] = []
+
+        def reader() -> None:
+            try:
+                data = a.read()
+            except ClosedError as exc:
+                outcome.append(exc)
+            else:
+                outcome.append((data, a.closed))
+
+        def closer() -> None:
+            trigger_b.read()
+            a.close()
+
+        closing = gevent.spawn(closer)
+        reading = gevent.spawn(reader)
+        gevent.sleep(0.01)  # both parked on their watchers
+        # Both descriptors ready before the loop polls again; libev invokes
+        # the later one's watcher first, so the closer runs first.
+        b.socket.send(b"data")
+        trigger_a.socket.send(b"go")
+        gevent.joinall([closing, reading], timeout=5)
+        assert len(outcome) == 1
+        if isinstance(outcome[0], tuple) and outcome[0][1] is False:
+            pytest.skip("this loop ran the reader before the closer: the race was not reached")
+        assert isinstance(outcome[0], ClosedError), f"read returned {outcome[0]!r} from a closed flow"
