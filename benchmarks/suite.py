@@ -1,0 +1,157 @@
+"""The command line: choose workloads, run them interleaved, print and write the results.
+
+``python -m benchmarks [--quick] [--runs N] [--output-dir DIR] [WORKLOAD ...]``;
+see README.md in this folder.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import importlib
+import resource
+import sys
+import time
+from pathlib import Path
+
+from ._harness import (
+    Row,
+    Target,
+    Workload,
+    log_to_stderr,
+    run_workload,
+    text_table,
+    versions,
+    write_chart,
+    write_json,
+)
+from ._harness import write_markdown as _write_markdown
+
+#: Workload families, in the order they run; each module has workloads(quick).
+MODULES = ("streams", "writev", "connections", "tls", "idle_memory")
+
+#: The goals of the benchmark issue, as ratios to each workload's baseline.
+TARGETS = [
+    Target("tcp_bulk", "greenflow read_into", minimum=0.95),
+    Target("unix_bulk", "greenflow read_into", minimum=0.95),
+    Target("pingpong", "greenflow", minimum=1.0),
+    Target("connections", "greenflow.Server", minimum=1.1, note="against the raw gevent accept loop"),
+    Target("tls_bulk", "greenflow.tls", minimum=1.33),
+    Target("tls_pingpong", "greenflow.tls", minimum=1.0),
+    Target("idle_memory", "greenflow.Server", maximum=1.0, note="bytes per idle connection"),
+    Target("writev_256", "greenflow writev", minimum=2.3),
+]
+
+HERE = Path(__file__).resolve().parent
+
+
+def all_workloads(quick: bool) -> list[Workload]:
+    """Every workload, with the sizes of a quick or a full run."""
+    found: list[Workload] = []
+    for name in MODULES:
+        module = importlib.import_module(f"benchmarks.{name}")
+        found.extend(module.workloads(quick))
+    return found
+
+
+def select(workloads: list[Workload], names: list[str]) -> list[Workload]:
+    """The workloads named (by name or family, e.g. ``writev`` for all three); all if none."""
+    if not names:
+        return workloads
+    known = {w.name for w in workloads} | {w.family for w in workloads}
+    unknown = [n for n in names if n not in known]
+    if unknown:
+        raise SystemExit(f"unknown workload(s): {', '.join(unknown)}; choose from {', '.join(sorted(known))}")
+    return [w for w in workloads if w.name in names or w.family in names]
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks",
+        description="greenflow against raw gevent, asyncio, uvloop and trio, interleaved, on loopback.",
+    )
+    parser.add_argument("workloads", nargs="*", metavar="WORKLOAD", help="workloads to run (default: all)")
+    parser.add_argument("--quick", action="store_true", help="tiny sizes and one round: a smoke test")
+    parser.add_argument(
+        "--runs", type=int, default=None, help="rounds per workload (default 5, or 1 with --quick)"
+    )
+    parser.add_argument(
+        "--output-dir",
+        type=Path,
+        default=None,
+        help="where to write RESULTS.md, results.png and results.json"
+        " (default: this folder for a full run of every workload; nowhere otherwise)",
+    )
+    parser.add_argument("--no-output", action="store_true", help="write no files")
+    parser.add_argument("--list", action="store_true", help="list the workloads and their cases, then exit")
+    args = parser.parse_args(argv)
+    if args.runs is not None and args.runs < 1:
+        parser.error("--runs must be at least 1")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    everything = all_workloads(args.quick)
+    if args.list:
+        for workload in everything:
+            print(f"{workload.name}: {', '.join(case.name for case in workload.cases)}")
+        return 0
+    chosen = select(everything, args.workloads)
+    runs = args.runs if args.runs is not None else (1 if args.quick else 5)
+    output = args.output_dir
+    if output is None and not args.quick and not args.workloads and not args.no_output:
+        output = HERE
+    if args.no_output:
+        output = None
+    _raise_fd_limit()
+
+    meta: dict[str, object] = {
+        "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        "command": " ".join(["python -m benchmarks", *(argv if argv is not None else sys.argv[1:])]),
+        "runs": runs,
+        "mode": "quick" if args.quick else "full",
+        "versions": versions(),
+    }
+    log_to_stderr("greenflow benchmarks: " + ", ".join(f"{k} {v}" for k, v in meta["versions"].items()))  # type: ignore[attr-defined]
+    started = time.perf_counter()
+    results: dict[str, list[Row]] = {}
+    for workload in chosen:
+        log_to_stderr(f"{workload.name}: {workload.size}")
+        results[workload.name] = run_workload(workload, runs, log_to_stderr)
+        print(text_table(workload, results[workload.name]) + "\n", flush=True)
+    elapsed = time.perf_counter() - started
+    meta["elapsed"] = f"{elapsed:.0f} s"
+
+    rows_by_key = {(row.workload, row.case): row for rows in results.values() for row in rows}
+    print("Targets (ratio to the workload's baseline):")
+    for target in TARGETS:
+        if target.workload not in results:
+            continue
+        ratio, met = target.check(rows_by_key)
+        bound = f">= {target.minimum}" if target.minimum is not None else f"<= {target.maximum}"
+        verdict = "not run" if met is None else ("met" if met else "NOT MET")
+        shown = f"{ratio:.2f}" if ratio is not None else "-"
+        print(f"  {target.workload:<14} {target.case:<22} {bound:<8} {shown:>6}  {verdict}")
+    print(f"Total time: {elapsed:.1f} s")
+
+    if output is not None:
+        output.mkdir(parents=True, exist_ok=True)
+        all_rows = [row for rows in results.values() for row in rows]
+        write_json(output / "results.json", meta, all_rows)
+        chart = write_chart(output / "results.png", chosen, results)
+        if chart is None:
+            log_to_stderr("no chart: matplotlib is not installed (pip install 'greenflow-io[bench]')")
+        _write_markdown(
+            output / "RESULTS.md", meta=meta, workloads=chosen, results=results, targets=TARGETS, chart=chart
+        )
+        log_to_stderr(f"wrote {output / 'RESULTS.md'}" + (f" and {output / chart}" if chart else ""))
+    errors = [row for rows in results.values() for row in rows if row.error]
+    return 1 if errors else 0
+
+
+def _raise_fd_limit() -> None:
+    """The idle-memory and connection workloads hold thousands of sockets."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))

@@ -1,0 +1,84 @@
+"""The benchmark suite's quick mode runs, every case does its work, and the reports are written.
+
+The quick mode (tiny sizes, one round) runs once, in a subprocess, for the
+whole module; each case then gets its own test. A case skips only when a
+competitor's package or binary is missing here (uvloop, trio, iperf3, a C
+compiler: the test environment has only the ``test`` extra), and says why;
+any other failure of a case fails its test.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import subprocess
+import sys
+from typing import Any
+
+import pytest
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from benchmarks.suite import all_workloads  # noqa: E402
+
+#: A skip for any other reason than these is a failure.
+ALLOWED_SKIPS = ("is not installed", "no iperf3 binary", "no C compiler", "greenflow.tls not available")
+
+CASES = [(workload.name, case.name) for workload in all_workloads(quick=True) for case in workload.cases]
+
+
+@pytest.fixture(scope="module")
+def quick_run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    output = tmp_path_factory.mktemp("bench")
+    result = subprocess.run(
+        [sys.executable, "-m", "benchmarks", "--quick", "--output-dir", str(output)],
+        capture_output=True,
+        text=True,
+        timeout=100,
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
+    data: dict[str, Any] = (
+        json.loads((output / "results.json").read_text()) if (output / "results.json").exists() else {}
+    )
+    return {
+        "returncode": result.returncode,
+        "stdout": result.stdout,
+        "stderr": result.stderr,
+        "data": data,
+        "output": output,
+    }
+
+
+@pytest.mark.timeout(120)
+def test_quick_mode_runs(quick_run: dict[str, Any]) -> None:
+    assert quick_run["data"], f"no results.json; stderr:\n{quick_run['stderr'][-3000:]}"
+    assert quick_run["returncode"] == 0, quick_run["stdout"][-3000:] + quick_run["stderr"][-3000:]
+    assert "Targets" in quick_run["stdout"]
+    markdown = (quick_run["output"] / "RESULTS.md").read_text()
+    assert "## How this was run" in markdown
+    assert "OpenSSL (stdlib ssl)" in markdown
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize(("workload", "case"), CASES, ids=[f"{w}-{c}" for w, c in CASES])
+def test_case(quick_run: dict[str, Any], workload: str, case: str) -> None:
+    rows = {(row["workload"], row["case"]): row for row in quick_run["data"].get("rows", [])}
+    row = rows.get((workload, case))
+    assert row is not None, f"{workload}/{case} did not run; stderr:\n{quick_run['stderr'][-3000:]}"
+    assert row["error"] is None, f"{workload}/{case} failed: {row['error']}"
+    if row["skipped"]:
+        assert any(reason in row["skipped"] for reason in ALLOWED_SKIPS), row["skipped"]
+        pytest.skip(row["skipped"])
+    assert row["values"] and all(value > 0 for value in row["values"])
+
+
+def test_selection_by_name() -> None:
+    from benchmarks.suite import select
+
+    chosen = select(all_workloads(quick=True), ["tcp_bulk", "pingpong"])
+    assert [w.name for w in chosen] == ["tcp_bulk", "pingpong"]
+    with pytest.raises(SystemExit):
+        select(all_workloads(quick=True), ["no_such_workload"])
