@@ -67,7 +67,8 @@ What pyOpenSSL does not expose
 
 A few things need OpenSSL functions that pyOpenSSL's public API lacks, and
 are done through its cffi bindings (``OpenSSL._util``), all in this module:
-the host name check inside the handshake (``X509_VERIFY_PARAM_set1_host``,
+whole (not partial) writes (``SSL_clear_mode``); the host name check
+inside the handshake (``X509_VERIFY_PARAM_set1_host``,
 so a wrong server fails *before* we send it anything, with an alert);
 whether a session was resumed (``SSL_session_reused``); the reason a
 certificate did not verify (``SSL_get_verify_result``); and taking back the
@@ -199,6 +200,10 @@ class TLSEngine:
         session: SSL.Session | None = None,
     ) -> None:
         conn = SSL.Connection(context, None)
+        # pyOpenSSL turns on partial writes, which make SSL_write stop after
+        # each record. A memory BIO never refuses bytes, so whole writes are
+        # safe here, and one call then encrypts a whole chunk.
+        _lib.SSL_clear_mode(conn._ssl, _lib.SSL_MODE_ENABLE_PARTIAL_WRITE)
         self._conn = conn
         self.server_side = server_side
         self.allow_truncation = allow_truncation

@@ -604,6 +604,9 @@ class TLSFlow(Flow):
         if self._reading or self._writing:
             raise BusyError("cannot unwrap: another greenlet is reading or writing this flow")
         self.shutdown(Shutdown.WRITE)
+        # The caller may write in the clear as soon as we return, so our
+        # close_notify must be out first.
+        self._send_outbox(wait=True)
         while not self._engine.received_close_notify:
             data = self.read()
             if data:
