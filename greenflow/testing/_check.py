@@ -8,7 +8,8 @@ the end lists every failing check with what it saw, so a third party whose
 flow is wrong learns all that is wrong in one run.
 
 Every check is written for the harshest flow control (the lockstep pair, where
-a write returns only once the peer has read all of it): a write always has a
+a write returns only once the peer has read all of it): a write, and a
+``shutdown("write")`` (which writes in a layer such as TLS), always has a
 reader running at the same time, so the suite never deadlocks a correct flow.
 """
 
@@ -398,9 +399,12 @@ def _half_close(ctx: _Context) -> None:
     a.shutdown(Shutdown.WRITE)  # idempotent
     a.shutdown("write")
     _send_and_receive(ctx, b, a, _pattern(50_000, 4))  # the other direction still works
-    b.shutdown("write")
+    # A layer may write to end a direction (TLS close_notify): like any
+    # write, that needs the peer reading at the same time.
+    shutting = ctx.spawn(b.shutdown, "write")
     assert a.read() == b"", "EOF did not reach a after b shut down writing"
     assert a.read(1) == b"", "EOF is not sticky"
+    _join(shutting, "shutdown('write')")
 
 
 @_check("shutdown('read') makes reads return b'', and wakes a blocked reader")

@@ -130,13 +130,10 @@ class TLSFlow(Flow):
     contract is :class:`~greenflow.Flow`'s; this class adds:
 
     - ``shutdown("write")`` sends close_notify and reading goes on (the TLS
-      1.3 half-close; OpenSSL allows it in TLS 1.2 too). It does not wait
-      for the close_notify to be accepted below: a sender greenlet takes it,
-      after everything written before, so that a half-close never waits for
-      the peer to read (on a lockstep pair it would). A transport failure
-      while it is sent is logged, not raised. ``close()`` gives that sender
-      up to :data:`CLOSE_NOTIFY_TIMEOUT` to finish. The underlying flow is
-      not shut down, so :meth:`unwrap` can still hand it back.
+      1.3 half-close; OpenSSL allows it in TLS 1.2 too). Like a write, it
+      returns once the close_notify was accepted below, after everything
+      written before, and raises if that fails or times out. The underlying
+      flow is not shut down, so :meth:`unwrap` can still hand it back.
     - An EOF of the underlying flow without the peer's close_notify raises
       :class:`TLSTruncatedError` (a :class:`~greenflow.BrokenError`), unless
       the flow was made with ``allow_truncation=True``.
@@ -506,17 +503,19 @@ class TLSFlow(Flow):
                     self._write_error = exc
                     self._send_alert()
                     raise
-                # Everything written before was accepted below already, so
-                # the close_notify only has to follow it; it is handed to a
-                # sender greenlet rather than waited for (see the class
-                # docstring).
-                self._queue_output(_PROBE_SIZE)
-                self._send_soon()
+                # Everything written before was accepted below already; the
+                # close_notify follows it like a write: with backpressure,
+                # bounded by the timeout, and any failure raised here.
+                self._run_write(self._send_close_notify, None, "shutdown('write')")
         if how.reads and not self._read_shut:
             self._read_shut = True
             self._wake_reader()
         if self._read_shut and self._write_shut:
             self._close_underlying()
+
+    def _send_close_notify(self, _: None) -> None:
+        self._queue_output(_PROBE_SIZE)
+        self._send_outbox(wait=True)
 
     def _wake_reader(self) -> None:
         parked = self._reader_parked
@@ -550,12 +549,17 @@ class TLSFlow(Flow):
             or engine.error is not None
             or self._write_error is not None
             or self._under_closed
-            or self._send_lock.locked()
+            or self._writing  # a record may be half sent: nothing may follow it
             or engine.state is not EngineState.OPEN
         ):
             return
         engine.send_close_notify()
         self._queue_output(_PROBE_SIZE)
+        if self._send_lock.locked():
+            # The background sender holds it (session tickets, say, that the
+            # peer has not read yet); it sends everything queued, in order,
+            # and _close_underlying gives it CLOSE_NOTIFY_TIMEOUT to finish.
+            return
         with _bounded(CLOSE_NOTIFY_TIMEOUT):
             self._send_outbox(wait=False)
 
