@@ -144,7 +144,8 @@ class TLSEpoch:
             it sent), or ``None``.
         peer_certificate: the peer's certificate, or ``None`` if it sent none.
         resumed: whether the session was resumed from an earlier one.
-        renegotiations: how many renegotiations (TLS 1.2) have completed.
+        renegotiations: how many renegotiations (TLS 1.2) this side has
+            started or answered, finished or not (OpenSSL's count).
     """
 
     version: str
@@ -489,6 +490,10 @@ class TLSEngine:
         alerts = [reason.split("alert ", 1)[1] for reason in reasons if "alert " in reason]
         if alerts:
             cause = f"the peer sent the alert {alerts[0]!r}"
+        elif "no renegotiation" in reasons:
+            cause = (
+                "the peer refused to renegotiate (servers refuse client-initiated renegotiation by default)"
+            )
         elif reasons:
             cause = "; ".join(dict.fromkeys(reasons))
             garbage = ("wrong version number", "record layer", "packet length", "http")

@@ -629,8 +629,12 @@ class TLSFlow(Flow):
 
         Sends the request (a HelloRequest from a server, a ClientHello from a
         client) and returns; the exchange finishes as either side reads and
-        writes. :attr:`epoch` counts finished renegotiations. Counts as a
-        write for :class:`BusyError`.
+        writes (the peer must be reading or writing too, or each side waits
+        for the other). :attr:`epoch` counts renegotiations. Counts as a
+        write for :class:`BusyError`. A server made with
+        :func:`greenflow.tls.server_context` refuses renegotiations that
+        clients start (OpenSSL's default, against a denial of service): the
+        client's next call then raises :class:`TLSError`.
 
         Raises:
             ValueError: the session is not TLS 1.2.
