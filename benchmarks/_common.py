@@ -108,13 +108,19 @@ def tune(sock: socket.socket, *, buffers: bool = True) -> None:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
 
+def _proto(family: int) -> int:
+    # IPPROTO_TCP, not 0, so that accepted sockets say so too: asyncio sets
+    # TCP_NODELAY on its transports only for sockets whose proto is TCP.
+    return socket.IPPROTO_TCP if family in (socket.AF_INET, socket.AF_INET6) else 0
+
+
 @contextlib.contextmanager
 def listening(
     family: int = socket.AF_INET, *, buffers: bool = True, backlog: int = 4096
 ) -> Iterator[socket.socket]:
     """A blocking stdlib listener on loopback (a temporary path for AF_UNIX), closed afterwards."""
     folder = tempfile.mkdtemp(prefix="greenflow-bench-") if family == socket.AF_UNIX else None
-    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock = socket.socket(family, socket.SOCK_STREAM, _proto(family))
     try:
         if folder is not None:
             sock.bind(os.path.join(folder, "s"))
@@ -138,7 +144,7 @@ def connected_pair(
 ) -> tuple[socket.socket, socket.socket]:
     """Two connected blocking stdlib sockets (client, server), tuned alike."""
     with listening(family, buffers=buffers, backlog=1) as listener:
-        client = socket.socket(family, socket.SOCK_STREAM)
+        client = socket.socket(family, socket.SOCK_STREAM, _proto(family))
         try:
             tune(client, buffers=buffers)
             client.connect(listener.getsockname())

@@ -27,7 +27,7 @@ import socket
 import subprocess
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -316,7 +316,6 @@ def _pingpong_sync(
     *,
     client_write: Callable[[Any], object],
     client_read_into: Callable[[Any], int],
-    client_end: Callable[[], object],
     server_write: Callable[[Any], object],
     server_read_into: Callable[[Any], int],
 ) -> Measurement:
@@ -325,12 +324,12 @@ def _pingpong_sync(
     def serve() -> None:
         buffer = bytearray(MESSAGE)
         view = memoryview(buffer)
-        while True:
+        for _ in range(count):
             got = server_read_into(view)
             while got < MESSAGE:
                 more = server_read_into(view[got:])
                 if not more:
-                    return
+                    raise AssertionError("the client ended early")
                 got += more
             server_write(buffer)
 
@@ -352,7 +351,6 @@ def _pingpong_sync(
                 got += more
             samples.append(clock() - sent)
         elapsed = time.perf_counter() - started
-        client_end()
         server.get()
     finally:
         server.kill()
@@ -369,7 +367,6 @@ def pingpong_greenflow(count: int, timeout: float) -> Measurement:
                 count,
                 client_write=client.write,
                 client_read_into=client.read_into,
-                client_end=lambda: client.shutdown("write"),
                 server_write=server.write,
                 server_read_into=server.read_into,
             ),
@@ -388,7 +385,6 @@ def pingpong_gevent(count: int, timeout: float) -> Measurement:
                 count,
                 client_write=client.sendall,
                 client_read_into=client.recv_into,
-                client_end=lambda: client.shutdown(socket.SHUT_WR),
                 server_write=server.sendall,
                 server_read_into=server.recv_into,
             ),
@@ -399,17 +395,26 @@ def pingpong_gevent(count: int, timeout: float) -> Measurement:
         server.close()
 
 
-def pingpong_asyncio(count: int, timeout: float, *, loop: str) -> Measurement:
+AsyncioStreams = tuple[asyncio.StreamReader, asyncio.StreamWriter, asyncio.StreamReader, asyncio.StreamWriter]
+
+
+def pingpong_asyncio(
+    count: int,
+    timeout: float,
+    *,
+    loop: str,
+    open_streams: Callable[[], Awaitable[AsyncioStreams]] | None = None,
+) -> Measurement:
+    """Ping-pong over asyncio streams: plain TCP, or what ``open_streams`` makes."""
+
     async def go() -> Measurement:
-        client_reader, client_writer, server_reader, server_writer = await _asyncio_streams(socket.AF_INET)
+        opened = await (open_streams() if open_streams is not None else _asyncio_streams(socket.AF_INET))
+        client_reader, client_writer, server_reader, server_writer = opened
         message = pattern(MESSAGE)
 
         async def serve() -> None:
-            while True:
-                try:
-                    data = await server_reader.readexactly(MESSAGE)
-                except asyncio.IncompleteReadError:
-                    return
+            for _ in range(count):
+                data = await server_reader.readexactly(MESSAGE)
                 server_writer.write(data)
                 await server_writer.drain()
 
@@ -427,7 +432,6 @@ def pingpong_asyncio(count: int, timeout: float, *, loop: str) -> Measurement:
                 data = await read(MESSAGE)
                 samples.append(clock() - sent)
             elapsed = time.perf_counter() - started
-            client_writer.write_eof()
             await server
         finally:
             server.cancel()
@@ -449,15 +453,22 @@ async def _trio_receive_exactly(stream: Any, size: int) -> bytes:
     return bytes(data)
 
 
-def pingpong_trio(count: int, timeout: float) -> Measurement:
+def pingpong_trio(
+    count: int, timeout: float, *, open_streams: Callable[[], Awaitable[tuple[Any, Any]]] | None = None
+) -> Measurement:
+    """Ping-pong over trio streams: plain TCP, or what ``open_streams`` makes."""
     trio = need("trio")
 
+    async def plain() -> tuple[Any, Any]:
+        return _trio_streams(socket.AF_INET)
+
     async def go() -> Measurement:
-        client, server = _trio_streams(socket.AF_INET)
+        client, server = await (open_streams or plain)()
         message = pattern(MESSAGE)
 
         async def serve() -> None:
-            while data := await _trio_receive_exactly(server, MESSAGE):
+            for _ in range(count):
+                data = await _trio_receive_exactly(server, MESSAGE)
                 await server.send_all(data)
 
         try:
@@ -473,7 +484,6 @@ def pingpong_trio(count: int, timeout: float) -> Measurement:
                     data = await _trio_receive_exactly(client, MESSAGE)
                     samples.append(clock() - sent)
                 elapsed = time.perf_counter() - started
-                await client.send_eof()
         finally:
             await client.aclose()
             await server.aclose()
