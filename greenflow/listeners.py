@@ -35,6 +35,7 @@ import stat
 from typing import TYPE_CHECKING, Final
 from urllib.parse import urlsplit
 
+from ._defaults import DEFAULT_HANDSHAKE_TIMEOUT
 from .flow import Flow
 from .sockets import SocketFlow
 
@@ -60,10 +61,6 @@ __all__ = [
 #: what holds the next clients.
 DEFAULT_BACKLOG: Final = 4096
 
-#: Seconds a TLS client has to finish its handshake. Long enough for a slow
-#: mobile link, short enough that a client stalling in the handshake holds a
-#: connection slot only briefly.
-DEFAULT_HANDSHAKE_TIMEOUT: Final = 10.0
 
 #: systemd passes activated sockets from this descriptor on (sd_listen_fds).
 _SD_LISTEN_FDS_START: Final = 3

@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import inspect
+import subprocess
+import sys
+
+import pytest
 
 import greenflow
 import greenflow.testing
@@ -15,15 +19,30 @@ PUBLIC = {
     "Flow",
     "FlowError",
     "FlowTimeout",
+    "Listener",
     "PipeFlow",
+    "Server",
     "Shutdown",
     "SocketFlow",
+    "TLSCertificateError",
+    "TLSError",
+    "TLSFlow",
+    "TLSTruncatedError",
     "connect_tcp",
+    "connect_tls",
     "connect_unix",
     "connect_vsock",
     "from_fd",
     "from_pipes",
     "from_socket",
+    "idle",
+    "listen_fd",
+    "listen_socket",
+    "listen_systemd",
+    "listen_tcp",
+    "listen_tls",
+    "listen_unix",
+    "listen_url",
     "pipe_pair",
     "socketpair",
 }
@@ -44,6 +63,22 @@ def test_root_api_is_pinned() -> None:
     assert len(greenflow.__all__) == len(PUBLIC)  # no duplicates
     for name in greenflow.__all__:
         assert getattr(greenflow, name) is not None
+
+
+def test_tls_is_loaded_on_first_use() -> None:
+    code = (
+        "import sys, greenflow; assert 'OpenSSL' not in sys.modules; "
+        "greenflow.TLSFlow; assert 'OpenSSL' in sys.modules; "
+        "from greenflow import connect_tls; import greenflow.tls; "
+        "assert connect_tls is greenflow.tls.connect_tls; print('ok')"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=30)
+    assert result.stdout.strip() == "ok", result.stderr
+
+
+def test_unknown_name_is_an_attribute_error() -> None:
+    with pytest.raises(AttributeError, match="no attribute 'nope'"):
+        greenflow.nope  # noqa: B018
 
 
 def test_testing_api_is_pinned() -> None:

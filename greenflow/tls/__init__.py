@@ -14,10 +14,9 @@ with ``allow_truncation=True``.
 
 from __future__ import annotations
 
-from typing import Final
-
 from OpenSSL import SSL
 
+from .._defaults import DEFAULT_HANDSHAKE_TIMEOUT
 from ..flow import Flow
 from ..sockets import connect_tcp
 from ._context import client_context, default_client_context, server_context
@@ -41,10 +40,6 @@ __all__ = [
     "server",
     "server_context",
 ]
-
-#: Seconds a handshake may take by default: generous for a slow network,
-#: short enough that a peer that stalls does not hold a connection for long.
-DEFAULT_HANDSHAKE_TIMEOUT: Final = 30.0
 
 
 def client(
