@@ -350,6 +350,7 @@ def write_markdown(
         f" {meta['mode']} sizes; the whole run took {meta['elapsed']}.",
         "- Values are medians over the rounds, with min and max; the ratio is the median over rounds of"
         " the row's value divided by the baseline's value in the same round.",
+        *(f"- {note}" for note in meta.get("notes", [])),  # type: ignore[attr-defined]
         "",
         "| component | version |",
         "| --- | --- |",
