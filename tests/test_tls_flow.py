@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import os
 import time
 
 import gevent
@@ -176,3 +177,31 @@ def test_read_timeout_loses_nothing_and_busy() -> None:
     with pytest.raises(greenflow.ClosedError):
         reader.get(timeout=5)
     b.close()
+
+
+def test_stream_buffer_only_while_streaming() -> None:
+    # Bulk data is received into one reused 256 KiB buffer, but a flow that
+    # goes idle must not hold it: thousands of idle TLS flows stay cheap.
+    from greenflow.tls._flow import STREAM_BUFFER_SIZE
+
+    a, b = _tls_pair("TLSv1.3")
+    try:
+        data = os.urandom(4 * STREAM_BUFFER_SIZE)
+        sending = gevent.spawn(b.write, data)
+        received = bytearray()
+        saw_buffer = False
+        while len(received) < len(data):
+            received += a.read()
+            saw_buffer = saw_buffer or a._stream_buffer is not None
+        sending.get(timeout=10)
+        assert received == data
+        assert saw_buffer, "a bulk transfer never used the reused buffer"
+        idle = gevent.spawn(a.read)
+        gevent.sleep(0.05)  # parked, waiting for data that does not come
+        assert not idle.ready()
+        assert a._stream_buffer is None, "an idle TLS flow holds its 256 KiB receive buffer"
+        b.write(b"wake")
+        assert idle.get(timeout=5) == b"wake"
+    finally:
+        a.close()
+        b.close()

@@ -241,7 +241,7 @@ class TLSEngine:
 
     # -- moving ciphertext -------------------------------------------------------
 
-    def receive_data(self, data: bytes) -> None:
+    def receive_data(self, data: bytes | bytearray | memoryview) -> None:
         """Feed ciphertext that arrived from the peer."""
         if data:
             self._conn.bio_write(data)

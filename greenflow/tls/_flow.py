@@ -30,8 +30,10 @@ does, by reading and writing the underlying flow. Its rules:
    reading again, since what it needed may have arrived.
 
 4. **Big blocks.** Ciphertext is read from the underlying flow 64 KiB at a
-   time and written in blocks of up to four records, so bulk data costs one
-   underlying call per 64 KiB each way.
+   time, and 256 KiB at a time into one reused buffer while a transfer
+   streams in (dropped as soon as a read comes back short, so an idle flow
+   holds no buffer); it is written in blocks of up to four records. Bulk
+   data costs one underlying call per 64 to 256 KiB each way.
 
 Interruptions: a greenlet only ever waits in the underlying flow's calls or
 on the two locks, and engine calls never yield, so a timeout or a kill lands
@@ -82,7 +84,7 @@ from ._engine import (
 )
 from ._errors import TLSError
 
-__all__ = ["CLOSE_NOTIFY_TIMEOUT", "RECEIVE_SIZE", "TLSFlow"]
+__all__ = ["CLOSE_NOTIFY_TIMEOUT", "RECEIVE_SIZE", "STREAM_BUFFER_SIZE", "TLSFlow"]
 
 _T = TypeVar("_T")
 
@@ -90,6 +92,12 @@ _T = TypeVar("_T")
 #: the block size the performance notes found cheapest, and no bigger, so
 #: that each read allocates below glibc's trimming thresholds.
 RECEIVE_SIZE: Final = 65536
+#: The buffer ciphertext is received into while a transfer streams in, kept
+#: only while each receive fills it. Big blocks cost one underlying read and
+#: one ``bio_write`` per 256 KiB; reusing it spares an allocation of a fresh
+#: ``bytes`` per block, which measured 0.94 against 1.51 of gevent's stdlib
+#: ``ssl`` in bulk. An idle flow holds none.
+STREAM_BUFFER_SIZE: Final = 262144
 #: The most ``close()`` spends handing our close_notify to the underlying
 #: flow. On a socket the write is immediate; the bound only matters when the
 #: peer stopped reading and its buffers are full, and then close must not hang.
@@ -163,6 +171,7 @@ class TLSFlow(Flow):
         "_recv_lock",
         "_send_lock",
         "_sender",
+        "_stream_buffer",
         "_timeout",
         "_under",
         "_under_closed",
@@ -181,6 +190,7 @@ class TLSFlow(Flow):
         self._send_lock = Semaphore()
         self._sender: Greenlet[[], None] | None = None
         self._recv_lock = Semaphore()
+        self._stream_buffer: bytearray | None = None
         self._recv_count = 0
         self._closed = False
         self._under_closed = False
@@ -321,9 +331,23 @@ class TLSFlow(Flow):
         with self._recv_lock:
             if self._recv_count != count:
                 return  # someone else fed the engine meanwhile: retry first
-            data = self._under.read(RECEIVE_SIZE)
+            buffer = self._stream_buffer
+            if buffer is None:
+                data: bytes | memoryview = self._under.read(RECEIVE_SIZE)
+                count = len(data)
+                if count == RECEIVE_SIZE:
+                    # A full block: a transfer is streaming in. Receive the
+                    # next blocks into one reused buffer (rule 4).
+                    self._stream_buffer = bytearray(STREAM_BUFFER_SIZE)
+            else:
+                count = self._under.read_into(buffer)
+                data = memoryview(buffer)[:count]
+                if count < len(buffer):
+                    # The burst is over: a flow that goes idle must not keep
+                    # the buffer while it waits (idle memory matters).
+                    self._stream_buffer = None
             self._recv_count += 1
-            if data:
+            if count:
                 self._engine.receive_data(data)
             else:
                 self._engine.receive_eof()
