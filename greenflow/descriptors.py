@@ -232,14 +232,25 @@ class DescriptorFlow(Flow):
             self._enter_write("write")
         if type(data) is not bytes:
             data = check_bytes_like(data)
+        self._write_bytes(data)
+
+    def writev(self, buffers: Iterable[Buffer]) -> None:
+        if self._writing or self._closed or self._write_shut or self._write_error:
+            self._enter_write("writev")
+        if type(buffers) is not list and type(buffers) is not tuple:
+            buffers = list(buffers)
+        total = 0
+        for buffer in buffers:
+            total += len(buffer)  # items, not bytes, for odd formats: it only picks the path
+        if total < _JOIN_BELOW:
+            # A small message: one copy and one send beat gather I/O. join
+            # also rejects what is not bytes-like.
+            self._write_bytes(b"".join(buffers))
+            return
+        views = [check_bytes_like(b) for b in buffers]
         self._writing = True
         try:
-            try:
-                sent = self._sock.send(data, _NOSIGNAL)
-            except BlockingIOError:
-                sent = 0
-            if sent != len(data):
-                self._send_rest(memoryview(data)[sent:], "write")
+            self._sendmsg_all(views)
         except BaseException as exc:
             error = self._write_interrupted(exc)
             if error is exc:
@@ -248,17 +259,16 @@ class DescriptorFlow(Flow):
         finally:
             self._writing = False
 
-    def writev(self, buffers: Iterable[Buffer]) -> None:
-        if self._writing or self._closed or self._write_shut or self._write_error:
-            self._enter_write("writev")
-        views = [check_bytes_like(b) for b in buffers]
-        total = sum(len(view) for view in views)
-        if total < _JOIN_BELOW:
-            self.write(b"".join(views))
-            return
+    def _write_bytes(self, data: bytes | memoryview) -> None:
+        """Send all of ``data`` (a flat byte view): try once, then wait and loop."""
         self._writing = True
         try:
-            self._sendmsg_all(views)
+            try:
+                sent = self._sock.send(data, _NOSIGNAL)
+            except BlockingIOError:
+                sent = 0
+            if sent != len(data):
+                self._send_rest(memoryview(data)[sent:], "write")
         except BaseException as exc:
             error = self._write_interrupted(exc)
             if error is exc:
