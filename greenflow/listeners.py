@@ -465,17 +465,22 @@ def listen_systemd(
             os.environ.pop(variable, None)
     if pid != os.getpid() or count < 1:
         return []
-    listeners = []
-    for index in range(count):
-        name = names[index] if index < len(names) and names[index] else None
-        listeners.append(
-            listen_fd(
-                _SD_LISTEN_FDS_START + index,
-                tls_context=tls_context,
-                handshake_timeout=handshake_timeout,
-                name=name,
+    listeners: list[Listener] = []
+    try:
+        for index in range(count):
+            name = names[index] if index < len(names) and names[index] else None
+            listeners.append(
+                listen_fd(
+                    _SD_LISTEN_FDS_START + index,
+                    tls_context=tls_context,
+                    handshake_timeout=handshake_timeout,
+                    name=name,
+                )
             )
-        )
+    except BaseException:
+        for listener in listeners:  # adopted already: ours to close
+            listener.close()
+        raise
     return listeners
 
 
@@ -556,11 +561,16 @@ def listen_url(
 
 
 def _host_port(text: str, url: str) -> tuple[str, int]:
-    parts = urlsplit("//" + text.rstrip("/"))
+    try:
+        parts = urlsplit("//" + text.rstrip("/"))
+    except ValueError as exc:
+        raise ValueError(f"{url!r} is not a valid HOST:PORT address: {exc}") from None
     try:
         port = parts.port
     except ValueError as exc:
         raise ValueError(f"{url!r} has a bad port: {exc}") from None
+    if parts.path or parts.query or parts.fragment or parts.username is not None:
+        raise ValueError(f"{url!r} has more than a host and a port (a path, query or user name)")
     host = parts.hostname
     if port is None or host is None:
         raise ValueError(f"{url!r} needs a host and a port, as in tcp://127.0.0.1:8000")

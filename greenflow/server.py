@@ -180,6 +180,21 @@ _SKIPPED_ERRORS: Final = frozenset(
 _FATAL_ERRORS: Final = frozenset({errno.EBADF, errno.EINVAL, errno.ENOTSOCK})
 
 
+def _unread_input(flow: Flow) -> bool:
+    """Whether the client sent bytes that nobody read (a close would reset).
+
+    One non-blocking peek, and none at all when the handler read to EOF.
+    """
+    while flow.underlying is not None:
+        flow = flow.underlying
+    if not isinstance(flow, SocketFlow) or flow.closed or flow._read_eof:
+        return False
+    try:
+        return bool(flow.socket.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT))
+    except OSError:  # nothing there (EAGAIN), or the connection is gone
+        return False
+
+
 def _unsent_bytes(sock: socket.socket) -> int:
     """Bytes in the socket's send queue not yet acknowledged (-1: unknown)."""
     try:
@@ -359,6 +374,11 @@ class Server:
             remaining = None if math.isinf(grace) else max(0.0, deadline - time.monotonic())
             if not self._drained.wait(remaining):
                 self._end_remaining()
+        except BaseException:
+            # The wait was interrupted (a timeout around stop(), a kill): the
+            # server is marked stopped below, so nothing may be left running.
+            self._end_remaining()
+            raise
         finally:
             self._state = _State.STOPPED
             self._stopped.set()
@@ -469,10 +489,10 @@ class Server:
                     continue
                 self._accept_failed(listener, exc)
                 return
+            self._backoff = MIN_BACKOFF  # the first successful accept resets the delay
             connection = _Connection(self, listener, sock, address)
             connections.add(connection)
             connection.start()
-        self._backoff = MIN_BACKOFF
 
     def _accept_failed(self, listener: Listener, exc: OSError) -> None:
         if exc.errno in _FATAL_ERRORS:
@@ -537,7 +557,11 @@ class Server:
                 )
             except Exception:
                 log.exception("handler %r failed on the connection from %s", self._handler, connection.peer)
-            if self._state is not _State.SERVING:
+            if self._state is not _State.SERVING or _unread_input(flow):
+                # Unread bytes from the client (a request body the handler
+                # skipped, a pipelined request, a request that crossed a
+                # stop) would make close() send a reset that can destroy the
+                # end of the response: linger first. Otherwise close at once.
                 self._linger(flow)
         finally:
             if flow is not None:
@@ -618,7 +642,18 @@ class Server:
                 connection.flow.close()
             else:
                 connection.sock.close()
-        gevent.killall(remaining, block=True, timeout=_KILL_WAIT)
+        # killall(block=True, timeout=...) raises Timeout when a handler
+        # outlives the wait; the stop must still finish its bookkeeping.
+        gevent.killall(remaining, block=False)
+        gevent.joinall(remaining, timeout=_KILL_WAIT)
+        survivors = [connection for connection in remaining if not connection.dead]
+        if survivors:
+            log.error(
+                "%d handler(s) still running %.1f s after they were killed (they catch GreenletExit?); "
+                "their connections are closed and no longer counted",
+                len(survivors),
+                _KILL_WAIT,
+            )
         for connection in remaining:
             if connection in self._connections:
                 # Killed before it ever ran (its own cleanup never will), or

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import os
+import re
 import socket
 import stat
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -209,3 +212,52 @@ def test_good_urls(url: str, tmp_path: Path, closing: list[Listener]) -> None:
     closing.extend(listeners)
     assert len(listeners) == 1
     assert listeners[0].socket.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN)
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "tcp://127.0.0.1:0/junk",
+        "tcp://127.0.0.1:0?x=1",
+        "tcp://u:p@127.0.0.1:0",
+        "tcp://127.0.0.1:0#f",
+        "tcp://[::1:0",
+    ],
+)
+def test_url_with_more_than_host_and_port_is_refused(url: str) -> None:
+    with pytest.raises(ValueError, match=re.escape(repr(url))):
+        listen_url(url)
+
+
+def test_systemd_failure_closes_what_it_adopted() -> None:
+    # In a child, where fds 3 and 4 are ours to set: fd 3 a listening socket,
+    # fd 4 not a socket. The listener adopted from fd 3 must not leak.
+    script = """
+import os, socket, warnings
+warnings.simplefilter("error", ResourceWarning)
+listening = socket.create_server(("127.0.0.1", 0)).detach()
+null = os.open(os.devnull, os.O_RDONLY)
+os.dup2(listening, 10)
+os.dup2(null, 11)
+os.close(listening)
+os.close(null)
+os.dup2(10, 3)
+os.dup2(11, 4)
+os.close(10)
+os.close(11)
+os.environ.update(LISTEN_PID=str(os.getpid()), LISTEN_FDS="2")
+from greenflow.listeners import listen_systemd
+try:
+    listen_systemd()
+except ValueError as exc:
+    print("refused:", exc)
+try:
+    os.fstat(3)
+    print("fd 3 still open")
+except OSError:
+    print("fd 3 closed")
+"""
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=30)
+    assert result.returncode == 0, result.stderr
+    assert "refused:" in result.stdout and "not a socket" in result.stdout
+    assert "fd 3 closed" in result.stdout, result.stdout

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import resource
@@ -462,3 +463,79 @@ def test_out_of_descriptors_pauses_accepting_then_recovers() -> None:
         _, errors = child.communicate(timeout=20)
     assert b"Too many open files" in errors, errors.decode(errors="replace")
     assert b"pausing accepting" in errors
+
+
+def test_a_handler_that_survives_its_kill_does_not_break_stop(caplog: pytest.LogCaptureFixture) -> None:
+    entered = Event()
+    release = Event()
+
+    def stubborn(flow: Flow) -> None:
+        entered.set()
+        with contextlib.suppress(ClosedError):
+            flow.read()
+        try:
+            release.wait()
+        except gevent.GreenletExit:
+            release.wait()  # ignores its kill until the test lets it go
+
+    server = Server(stubborn, "tcp://127.0.0.1:0")
+    server.start()
+    try:
+        with greenflow.connect_tcp("127.0.0.1", port_of(server), timeout=10):
+            assert entered.wait(10)
+            started = time.monotonic()
+            server.stop(grace=0.2)  # must not raise gevent.Timeout
+            assert time.monotonic() - started < 0.2 + 2.5
+            assert server.active_connections == 0
+            assert "still running" in caplog.text
+    finally:
+        release.set()
+
+
+def test_an_interrupted_stop_still_ends_every_handler() -> None:
+    entered = Event()
+    ended: list[str] = []
+
+    def slow(flow: Flow) -> None:
+        entered.set()
+        try:
+            flow.read()  # never idle(): the stop waits for it
+        finally:
+            ended.append("ended")
+
+    server = Server(slow, "tcp://127.0.0.1:0")
+    server.start()
+    with greenflow.connect_tcp("127.0.0.1", port_of(server), timeout=10):
+        assert entered.wait(10)
+        outer = gevent.Timeout(0.2)
+        outer.start()
+        try:
+            server.stop(grace=30)
+        except gevent.Timeout as exc:
+            assert exc is outer
+        finally:
+            outer.close()
+        assert ended == ["ended"], "the stop was interrupted and left its handler running"
+        assert server.active_connections == 0
+        assert not server.serving
+
+
+def test_unread_request_bytes_do_not_reset_the_response_away(serve: Callable[..., Server]) -> None:
+    # The handler reads part of the request, answers with more than the
+    # socket buffers hold, and returns. Closing with unread input makes the
+    # kernel send a reset, which would destroy the tail of the response: the
+    # server must linger instead, in normal serving as during a stop.
+    body = os.urandom(4_000_000)
+
+    def answer_early(flow: Flow) -> None:
+        flow.read(1)
+        flow.write(body)
+
+    server = serve(answer_early)
+    with greenflow.connect_tcp("127.0.0.1", port_of(server), timeout=10) as client:
+        client.write(b"xy" * 1000)  # more than the handler reads
+        received = bytearray()
+        while chunk := client.read():
+            received += chunk
+    assert len(received) == len(body)
+    assert received == body
