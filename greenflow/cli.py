@@ -84,17 +84,19 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="URL",
         help=f"tcp://HOST:PORT, tls://HOST:PORT, unix:/PATH, fd://N or systemd: (repeatable; {DEFAULT_BIND})",
     )
-    serve.add_argument("--max-connections", type=int, metavar="N", help="connections open at once, at most")
+    serve.add_argument(
+        "--max-connections", type=_positive_int, metavar="N", help="connections open at once, at most"
+    )
     serve.add_argument(
         "--grace",
-        type=float,
+        type=_seconds,
         default=DEFAULT_GRACE,
         metavar="SECONDS",
         help=f"how long a stop waits for handlers to finish (default {DEFAULT_GRACE:g})",
     )
     serve.add_argument(
         "--timeout",
-        type=float,
+        type=_seconds,
         metavar="SECONDS",
         help="each flow's timeout for every blocking call (default none)",
     )
@@ -102,12 +104,12 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--keyfile", type=Path, help="TLS private key (PEM), if not in --certfile")
     serve.add_argument(
         "--handshake-timeout",
-        type=float,
+        type=_seconds,
         default=DEFAULT_HANDSHAKE_TIMEOUT,
         metavar="SECONDS",
         help=f"how long a TLS handshake may take (default {DEFAULT_HANDSHAKE_TIMEOUT:g})",
     )
-    serve.add_argument("--backlog", type=int, default=DEFAULT_BACKLOG, help="listen() backlog")
+    serve.add_argument("--backlog", type=_positive_int, default=DEFAULT_BACKLOG, help="listen() backlog")
     serve.add_argument("--reuse-port", action="store_true", help="set SO_REUSEPORT on TCP listeners")
     serve.add_argument("--unix-mode", type=_octal, metavar="MODE", help="file mode of Unix sockets, e.g. 660")
     serve.add_argument(
@@ -123,7 +125,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Connect to URL (tcp://HOST:PORT, tls://HOST:PORT, unix:/PATH); join it to stdin/stdout.",
     )
     connect.add_argument("url", metavar="URL")
-    connect.add_argument("--timeout", type=float, metavar="SECONDS", help="connect timeout (default 30)")
+    connect.add_argument("--timeout", type=_seconds, metavar="SECONDS", help="connect timeout (default 30)")
     connect.add_argument("--cafile", type=Path, help="trust these CA certificates (PEM) for tls://")
     connect.add_argument("--server-hostname", help="the name to check the certificate against")
     connect.add_argument(
@@ -382,13 +384,29 @@ def join_stdio(flow: Flow, stdin: int = 0, stdout: int = 1) -> int:
     At the end of ``stdin`` the flow's writing side is shut down; the copy to
     ``stdout`` goes on until the peer's EOF. The descriptors are made
     non-blocking (and put back as they were) so that waiting on them yields
-    to the hub. Returns 0, or 1 if the connection failed.
+    to the hub. Returns 0, 1 if the connection failed, or 128 + N when signal N
+    (SIGINT, SIGTERM, SIGHUP) ended it.
     """
     with _nonblocking(stdin), _nonblocking(stdout):
         upstream = gevent.spawn(_copy_stdin, stdin, flow)
         downstream = gevent.spawn(_copy_to_stdout, flow, stdout)
+        interrupted: list[int] = []
+
+        def on_signal(signum: int) -> None:
+            # Without this, SIGTERM or SIGHUP (a closed terminal) would end
+            # the process before the descriptors' flags are put back, and
+            # leave the shell's stdin non-blocking.
+            interrupted.append(signum)
+            gevent.killall([upstream, downstream], block=False)
+
+        installed = [
+            gevent.signal_handler(signum, on_signal, signum)
+            for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+        ]
         try:
             downstream.join()
+            if interrupted:
+                return 128 + interrupted[0]
             if not downstream.successful():
                 upstream.kill()
                 _say(f"connection failed: {downstream.exception}")
@@ -397,11 +415,15 @@ def join_stdio(flow: Flow, stdin: int = 0, stdout: int = 1) -> int:
                 upstream.kill()
                 return 0
             upstream.join()
+            if interrupted:
+                return 128 + interrupted[0]
             if not upstream.successful():
                 _say(f"connection failed: {upstream.exception}")
                 return 1
             return 0
         finally:
+            for handler in installed:
+                handler.cancel()
             gevent.killall([upstream, downstream])
 
 
@@ -437,6 +459,26 @@ def _nonblocking(fd: int) -> Iterator[None]:
     finally:
         with contextlib.suppress(OSError):
             fcntl.fcntl(fd, fcntl.F_SETFL, flags)
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
+    return value
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not value >= 0:  # also refuses nan
+        raise argparse.ArgumentTypeError(f"must be 0 seconds or more, not {text}")
+    return value
 
 
 def _say(message: str) -> None:

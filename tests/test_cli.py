@@ -249,3 +249,61 @@ def test_tls_with_a_self_signed_certificate(children: list[Served]) -> None:
     assert talk(*host_port(tcp_url), b"plain") == b"plain"
     assert served.terminate() == 0
     assert not Path(certificate).exists()  # the temporary certificate is removed
+
+
+@pytest.mark.parametrize(
+    ("option", "value"),
+    [
+        ("--max-connections", "0"),
+        ("--max-connections", "many"),
+        ("--timeout", "-1"),
+        ("--grace", "-5"),
+        ("--handshake-timeout", "nan"),
+        ("--backlog", "0"),
+    ],
+)
+def test_bad_numbers_are_usage_errors_and_bind_nothing(option: str, value: str, tmp_path: Path) -> None:
+    path = tmp_path / "s.sock"
+    result = subprocess.run(
+        [sys.executable, "-m", "greenflow", "serve", option, value, "--bind", f"unix:{path}"],
+        capture_output=True,
+        timeout=30,
+        env=ENV,
+    )
+    assert result.returncode == 2, result.stderr
+    assert f"argument {option}".encode() in result.stderr
+    assert b"Traceback" not in result.stderr
+    assert not path.exists()
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGHUP, signal.SIGINT])
+def test_connect_puts_a_shared_stdin_back_when_signalled(signum: signal.Signals) -> None:
+    # The child's stdin is a pipe whose read end the test holds too: the
+    # same open file, as a shell and the programs it runs share a terminal.
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        port = listener.getsockname()[1]
+        read_end, write_end = os.pipe()
+        try:
+            child = subprocess.Popen(
+                [sys.executable, "-m", "greenflow", "connect", f"tcp://127.0.0.1:{port}"],
+                stdin=read_end,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.PIPE,
+                env=ENV,
+            )
+            try:
+                deadline = time.monotonic() + 20
+                while os.get_blocking(read_end):  # the child switches it when it starts copying
+                    assert time.monotonic() < deadline, "greenflow connect never started"
+                    time.sleep(0.01)
+                child.send_signal(signum)
+                assert child.wait(timeout=20) == 128 + signum
+                assert os.get_blocking(read_end), f"{signum.name} left O_NONBLOCK on the shared stdin"
+                assert b"Traceback" not in child.stderr.read()  # type: ignore[union-attr]
+            finally:
+                child.kill()
+                child.wait()
+                child.stderr.close()  # type: ignore[union-attr]
+        finally:
+            os.close(read_end)
+            os.close(write_end)
