@@ -360,3 +360,27 @@ def check_bytes_like(data: object) -> memoryview:
     if view.format != "B" or view.ndim != 1:
         view = view.cast("B")
     return view
+
+
+def check_writable_buffer(buffer: object) -> memoryview:
+    """Return ``read_into``'s buffer as a flat, writable view of bytes.
+
+    A flow that takes data from somewhere it cannot put back (a TLS engine,
+    a memory pipe) calls this before taking any, so that a buffer it cannot
+    fill raises at once instead of losing what was taken.
+
+    Raises:
+        TypeError: the buffer is not a writable bytes-like object.
+        ValueError: it has no room for a byte.
+    """
+    try:
+        view = memoryview(buffer)  # type: ignore[arg-type]
+    except TypeError:
+        raise TypeError(f"read_into needs a writable buffer, not {type(buffer).__name__}") from None
+    if view.readonly:
+        raise TypeError(f"read_into needs a writable buffer; this {type(buffer).__name__} is read-only")
+    if view.format != "B" or view.ndim != 1:
+        view = view.cast("B")
+    if not len(view):
+        raise ValueError("read_into needs a buffer with room for at least one byte")
+    return view

@@ -10,7 +10,7 @@ import gevent
 import pytest
 
 import greenflow
-from greenflow import tls
+from greenflow import BrokenError, ClosedError, FlowTimeout, tls
 from greenflow.testing import check_flow_pair, lockstep_pair, memory_pair
 from greenflow.tls import TLSError, TLSFlow
 
@@ -205,3 +205,125 @@ def test_stream_buffer_only_while_streaming() -> None:
     finally:
         a.close()
         b.close()
+
+
+# -- regressions found in review ------------------------------------------------------
+
+
+@pytest.mark.parametrize("ending", ["close", "peer_gone"])
+def test_a_write_never_reports_bytes_it_did_not_send(ending: str) -> None:
+    # TLS 1.3 over lockstep: the server's background sender holds the send
+    # lock while its session tickets wait for the peer; a write queues its
+    # records behind them. If the sender then fails to send them, the write
+    # must fail too, not find an empty queue and report success.
+    client, server = _tls_pair("TLSv1.3", make=lockstep_pair)
+    raw = client.underlying
+    assert raw is not None
+    try:
+        gevent.sleep(0.01)
+        assert server._send_lock.locked(), "precondition: the sender is blocked on the tickets"
+        writing = gevent.spawn(server.write, b"important data" * 100)
+        gevent.sleep(0.01)
+        assert raw.read(65536)  # the tickets: the sender moves on to the write's records
+        gevent.sleep(0.01)
+        if ending == "close":
+            server.close()
+            with pytest.raises(ClosedError):
+                writing.get(timeout=5)
+        else:
+            raw.close()
+            with pytest.raises(BrokenError):
+                writing.get(timeout=5)
+    finally:
+        server.close()
+        client.close()
+
+
+@pytest.mark.parametrize(
+    "make", [lockstep_pair, memory_pair, greenflow.socketpair], ids=["lockstep", "memory", "socketpair"]
+)
+def test_renegotiation_under_full_duplex(make: object) -> None:
+    # Each side reads and writes in two greenlets; the server renegotiates
+    # between two writes. A writer that needs the peer's handshake reply
+    # while its own reader is receiving must get to retry its send.
+    client, server = _tls_pair("TLSv1.2", make=make, timeout=10)
+    size = 200_000
+
+    def writer(flow: TLSFlow, renegotiate: bool) -> str:
+        flow.write(b"x" * size)
+        if renegotiate:
+            flow.renegotiate()
+        flow.write(b"y" * size)
+        return "done"
+
+    def reader(flow: TLSFlow) -> bytes:
+        got = bytearray()
+        while len(got) < 2 * size:
+            chunk = flow.read()
+            assert chunk
+            got += chunk
+        return bytes(got)
+
+    greenlets = [
+        gevent.spawn(writer, server, True),
+        gevent.spawn(reader, client),
+        gevent.spawn(writer, client, False),
+        gevent.spawn(reader, server),
+    ]
+    try:
+        gevent.joinall(greenlets, timeout=20, raise_error=True)
+        assert all(g.ready() for g in greenlets), "renegotiation under full duplex hung"
+        assert greenlets[1].value == greenlets[3].value == b"x" * size + b"y" * size
+        assert client.epoch.renegotiations >= 1
+    finally:
+        gevent.killall(greenlets)
+        client.close()
+        server.close()
+
+
+def test_read_into_a_buffer_it_cannot_fill_loses_nothing() -> None:
+    import array
+
+    client, server = _tls_pair("TLSv1.3")
+    try:
+        server.write(b"A" * 8 + b"B" * 8)
+        with pytest.raises(TypeError, match="read-only"):
+            client.read_into(b"\0" * 16)  # type: ignore[arg-type]
+        halves = array.array("H", [0] * 8)  # 8 items, 16 bytes
+        count = client.read_into(memoryview(halves))
+        got = halves.tobytes()[:count]
+        while len(got) < 16:
+            got += client.read()
+        assert got == b"A" * 8 + b"B" * 8
+    finally:
+        client.close()
+        server.close()
+
+
+def test_an_empty_server_hostname_is_refused() -> None:
+    client_ctx, _ = contexts(shared_certs())
+    a, b = greenflow.socketpair()
+    try:
+        with pytest.raises(ValueError, match="server_hostname is empty"):
+            tls.client(a, client_ctx, server_hostname="")
+    finally:
+        a.close()
+        b.close()
+
+
+def test_shutdown_read_write_wakes_the_reader_even_when_the_write_half_times_out() -> None:
+    client, server = _tls_pair("TLSv1.3", make=lockstep_pair)
+    try:
+        gevent.sleep(0.01)
+        while server._send_lock.locked():  # let the tickets through first
+            client.underlying.read(65536)  # type: ignore[union-attr]
+            gevent.sleep(0.01)
+        reading = gevent.spawn(client.read)
+        gevent.sleep(0.01)
+        client.timeout = 0.2
+        with pytest.raises(FlowTimeout):
+            client.shutdown("read_write")  # the silent lockstep peer never takes the close_notify
+        assert reading.get(timeout=5) == b"", "the blocked reader was not released by shutdown('read_write')"
+    finally:
+        client.close()
+        server.close()

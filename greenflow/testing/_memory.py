@@ -39,6 +39,7 @@ from ..flow import (
     check_bytes_like,
     check_max_bytes,
     check_timeout,
+    check_writable_buffer,
     closed_error,
     parse_shutdown,
     start_timer,
@@ -180,12 +181,7 @@ class MemoryFlow(Flow):
         return self._read(check_max_bytes(max_bytes), "read")
 
     def read_into(self, buffer: bytearray | memoryview) -> int:
-        view = memoryview(buffer)
-        if view.readonly:
-            raise TypeError("read_into needs a writable buffer")
-        view = view.cast("B") if view.format != "B" or view.ndim != 1 else view
-        if not len(view):
-            raise ValueError("read_into needs a buffer with room for at least one byte")
+        view = check_writable_buffer(buffer)
         data = self._read(len(view), "read_into")
         view[: len(data)] = data
         return len(data)

@@ -222,6 +222,10 @@ class TLSEngine:
             conn.set_session(session)
         if server_hostname is None:
             return
+        if not server_hostname.strip():
+            # OpenSSL takes an empty expected name as "check no name", which
+            # would accept any certificate the CA signed: refuse it.
+            raise ValueError("server_hostname is empty; give the name to check, or None for no name")
         address = _parse_ip(server_hostname)
         if address is None:
             # SNI carries DNS names only (RFC 6066), in their ASCII form.
@@ -563,8 +567,8 @@ def _set_expected_host(
         _lib.X509_VERIFY_PARAM_set_hostflags(param, _lib.X509_CHECK_FLAG_NO_PARTIAL_WILDCARDS)
         encoded = _ascii_name(name)
         ok = _lib.X509_VERIFY_PARAM_set1_host(param, encoded, len(encoded))
-    if ok != 1:  # pragma: no cover - only on allocation failure
-        raise ValueError(f"OpenSSL refused the expected host name {name!r}")
+    if ok != 1:
+        raise ValueError(f"{name!r} is not a host name OpenSSL can check a certificate against")
 
 
 def _certificate_names(cert: x509.Certificate) -> str:

@@ -24,10 +24,10 @@ does, by reading and writing the underlying flow. Its rules:
 
 3. **One receiver; the others retry.** Both the reader and (during a TLS 1.2
    renegotiation) the writer may need ciphertext from the peer, but only one
-   greenlet may read the underlying flow. The holder of ``_recv_lock`` reads
-   one block and feeds it to the engine; a greenlet that had to wait for the
-   lock sees ``_recv_count`` changed and retries its operation instead of
-   reading again, since what it needed may have arrived.
+   greenlet may read the underlying flow (``_receiving``). It reads one block
+   and feeds it to the engine; a greenlet that needed input meanwhile waits
+   for that feed (``_fed``) and then retries its operation instead of
+   reading, since what it needed may have arrived.
 
 4. **Big blocks.** Ciphertext is read from the underlying flow 64 KiB at a
    time, and 256 KiB at a time into one reused buffer while a transfer
@@ -54,6 +54,7 @@ from contextlib import contextmanager
 from typing import Final, TypeVar
 
 import gevent
+from gevent.event import Event
 from gevent.greenlet import Greenlet
 from gevent.lock import Semaphore
 from greenlet import getcurrent, greenlet
@@ -67,6 +68,7 @@ from ..flow import (
     check_bytes_like,
     check_max_bytes,
     check_timeout,
+    check_writable_buffer,
     closed_error,
     log,
     parse_shutdown,
@@ -127,7 +129,15 @@ def _bounded(seconds: float) -> Iterator[None]:
 
 
 class _ReadShutdownWakeupError(Exception):
-    """Thrown into a reader parked in a receive when reading is shut down."""
+    """Thrown into a reader parked in a receive when reading is shut down.
+
+    It names its flow: in TLS over TLS the outer flow's reader is parked in
+    the inner flow's receive, and only the flow that shut down may take it.
+    """
+
+    def __init__(self, flow: TLSFlow) -> None:
+        super().__init__("reading was shut down")
+        self.flow = flow
 
 
 class TLSFlow(Flow):
@@ -161,14 +171,14 @@ class TLSFlow(Flow):
     __slots__ = (
         "_closed",
         "_engine",
+        "_fed",
         "_hub",
         "_outbox",
         "_read_error",
         "_read_shut",
         "_reader_parked",
         "_reading",
-        "_recv_count",
-        "_recv_lock",
+        "_receiving",
         "_send_lock",
         "_sender",
         "_stream_buffer",
@@ -189,9 +199,9 @@ class TLSFlow(Flow):
         self._outbox: deque[bytes] = deque()
         self._send_lock = Semaphore()
         self._sender: Greenlet[[], None] | None = None
-        self._recv_lock = Semaphore()
+        self._receiving = False  # a greenlet is reading the underlying flow
+        self._fed: Event | None = None  # made when someone waits for that read
         self._stream_buffer: bytearray | None = None
-        self._recv_count = 0
         self._closed = False
         self._under_closed = False
         self._reading = False
@@ -258,8 +268,9 @@ class TLSFlow(Flow):
         return self._read_loop(lambda: engine.recv(size), b"", "read")
 
     def read_into(self, buffer: bytearray | memoryview) -> int:
-        if not buffer:
-            raise ValueError("read_into needs a buffer with room for at least one byte")
+        # Checked before the engine hands over any plaintext, which could not
+        # be put back if the copy into the buffer failed.
+        buffer = check_writable_buffer(buffer)
         if (self._reading or self._closed or self._read_shut or self._read_error) and self._enter_read(
             "read_into"
         ):
@@ -288,7 +299,9 @@ class TLSFlow(Flow):
                 self._reader_parked = getcurrent()
                 try:
                     self._receive()
-                except _ReadShutdownWakeupError:
+                except _ReadShutdownWakeupError as wakeup:
+                    if wakeup.flow is not self:
+                        raise  # an outer TLS flow's: not ours to take
                     return eof
                 finally:
                     self._reader_parked = None
@@ -326,31 +339,48 @@ class TLSFlow(Flow):
         raise BrokenError(f"cannot {what}: an earlier read failed ({self._read_error})") from self._read_error
 
     def _receive(self) -> None:
-        """Read one block of ciphertext and feed it to the engine (rule 3)."""
-        count = self._recv_count
-        with self._recv_lock:
-            if self._recv_count != count:
-                return  # someone else fed the engine meanwhile: retry first
+        """Read one block of ciphertext and feed it to the engine (rule 3).
+
+        If another greenlet is receiving, wait until it has fed the engine
+        (or failed) and return, so that the caller retries its operation with
+        what arrived. Queueing on the lock instead would not do: its holder,
+        a reader, takes it again without yielding when its own operation
+        still needs input, and a writer waiting in a TLS 1.2 renegotiation
+        would never get to retry the send that could now go through.
+        """
+        if self._receiving:
+            fed = self._fed
+            if fed is None:
+                fed = self._fed = Event()
+            fed.wait()
+            return
+        self._receiving = True
+        try:
             buffer = self._stream_buffer
             if buffer is None:
                 data: bytes | memoryview = self._under.read(RECEIVE_SIZE)
                 count = len(data)
                 if count == RECEIVE_SIZE:
-                    # A full block: a transfer is streaming in. Receive the
-                    # next blocks into one reused buffer (rule 4).
+                    # A full block: a transfer is streaming in. Receive
+                    # the next blocks into one reused buffer (rule 4).
                     self._stream_buffer = bytearray(STREAM_BUFFER_SIZE)
             else:
                 count = self._under.read_into(buffer)
                 data = memoryview(buffer)[:count]
                 if count < len(buffer):
-                    # The burst is over: a flow that goes idle must not keep
-                    # the buffer while it waits (idle memory matters).
+                    # The burst is over: a flow that goes idle must not
+                    # keep the buffer while it waits (idle memory matters).
                     self._stream_buffer = None
-            self._recv_count += 1
             if count:
                 self._engine.receive_data(data)
             else:
                 self._engine.receive_eof()
+        finally:
+            self._receiving = False
+            fed = self._fed
+            if fed is not None:  # wake whoever waited for this receive, fed or failed
+                self._fed = None
+                fed.set()
 
     # -- writing -------------------------------------------------------------------------
 
@@ -433,6 +463,7 @@ class TLSFlow(Flow):
                 # A renegotiation needs the peer's answer before more data.
                 self._queue_output(_PROBE_SIZE)
                 self._send_outbox(wait=True)
+                self._check_sent()
                 self._receive()
                 continue
             if sent == len(chunk):
@@ -440,6 +471,19 @@ class TLSFlow(Flow):
             chunk = chunk[sent:]
         self._queue_output(len(chunk) + 4 * _RECORD_OVERHEAD)
         self._send_outbox(wait=True)
+        self._check_sent()
+
+    def _check_sent(self) -> None:
+        """Raise if what a writer queued may not have gone out.
+
+        The holder of the send lock sends everything queued, a writer's
+        ciphertext included; if it failed, the writer that finds the queue
+        empty must not report success.
+        """
+        if self._closed:
+            raise closed_error("write")
+        if self._write_error is not None:
+            raise BrokenError(f"the write failed: {self._write_error}") from self._write_error
 
     def _write_interrupted(self, exc: BaseException, what: str) -> BaseException:
         """Mark the writing direction broken after a write that did not finish."""
@@ -495,15 +539,23 @@ class TLSFlow(Flow):
             if not self._closed and self._write_error is None:
                 self._write_error = exc
             log.debug("sending TLS records on %r failed: %s", self, exc)
+        except BaseException:
+            # Killed mid-send: part of a record may be out, so nothing can
+            # follow it on this stream.
+            if not self._closed and self._write_error is None:
+                self._write_error = BrokenError("sending TLS records was interrupted mid-stream")
+            raise
         finally:
             self._sender = None
 
     def _send_alert(self) -> None:
         """Best effort: send the alert a failed engine left for the peer."""
         try:
-            if self._under_closed or self._send_lock.locked():
+            if self._under_closed:
                 return
             self._queue_output(_PROBE_SIZE)
+            if self._send_lock.locked():
+                return  # its holder sends everything queued, the alert too
             if self._outbox:
                 with _bounded(CLOSE_NOTIFY_TIMEOUT):
                     self._send_outbox(wait=False)
@@ -516,30 +568,36 @@ class TLSFlow(Flow):
         how = parse_shutdown(how)
         if self._closed:
             raise closed_error("shut down")
-        if how.writes and not self._write_shut:
-            if self._writing:
-                raise BusyError("cannot shut down writing: another greenlet is writing")
-            self._write_shut = True
-            if self._write_error is None and self._engine.error is None:
-                try:
-                    self._engine.send_close_notify()
-                except TLSError as exc:
-                    self._write_error = exc
-                    self._send_alert()
-                    raise
-                # Everything written before was accepted below already; the
-                # close_notify follows it like a write: with backpressure,
-                # bounded by the timeout, and any failure raised here.
-                self._run_write(self._send_close_notify, None, "shutdown('write')")
+        ending_writes = how.writes and not self._write_shut
+        if ending_writes and self._writing:
+            raise BusyError("cannot shut down writing: another greenlet is writing")
+        # The read half first: it cannot fail, and a blocked reader should
+        # not wait for the close_notify to go out.
         if how.reads and not self._read_shut:
             self._read_shut = True
             self._wake_reader()
-        if self._read_shut and self._write_shut:
-            self._close_underlying()
+        try:
+            if ending_writes:
+                self._write_shut = True
+                if self._write_error is None and self._engine.error is None:
+                    try:
+                        self._engine.send_close_notify()
+                    except TLSError as exc:
+                        self._write_error = exc
+                        self._send_alert()
+                        raise
+                    # Everything written before was accepted below already;
+                    # the close_notify follows it like a write: with
+                    # backpressure, bounded by the timeout, failures raised.
+                    self._run_write(self._send_close_notify, None, "shutdown('write')")
+        finally:
+            if self._read_shut and self._write_shut:
+                self._close_underlying()
 
     def _send_close_notify(self, _: None) -> None:
         self._queue_output(_PROBE_SIZE)
         self._send_outbox(wait=True)
+        self._check_sent()
 
     def _wake_reader(self) -> None:
         parked = self._reader_parked
@@ -551,7 +609,7 @@ class TLSFlow(Flow):
             # Only if it is still parked in the same receive: by now it may
             # have moved on, and then it must not be disturbed.
             if self._reader_parked is parked:
-                throw_into(_ReadShutdownWakeupError())
+                throw_into(_ReadShutdownWakeupError(self))
 
         self._hub.loop.run_callback(throw)
 
@@ -595,7 +653,7 @@ class TLSFlow(Flow):
         peer. A TLS 1.3 client that only writes always has such bytes: the
         server's session tickets. So ``close`` takes them first.
         """
-        if self._recv_lock.locked() or self._under_closed:
+        if self._receiving or self._under_closed:
             return
         with _bounded(0):
             for _ in range(16):
