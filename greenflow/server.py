@@ -675,6 +675,9 @@ else:
 class _Connection(_GreenletBase):
     """The greenlet that serves one accepted connection."""
 
+    # No __dict__: thousands of these stay parked at once (idle memory).
+    __slots__ = ("flow", "listener", "marker", "peer", "server", "sock")
+
     def __init__(self, server: Server, listener: Listener, sock: socket.socket, peer: object) -> None:
         Greenlet.__init__(self)
         self.server = server
