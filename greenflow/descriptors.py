@@ -27,7 +27,7 @@ import errno
 import os
 import socket
 from collections.abc import Iterable
-from typing import Any, Protocol
+from typing import Any, NoReturn, Protocol
 
 from gevent import get_hub as _get_hub
 
@@ -43,6 +43,8 @@ from .flow import (
     closed_error,
     log,
     parse_shutdown,
+    refuse_read,
+    refuse_write,
     start_timer,
 )
 
@@ -191,14 +193,9 @@ class DescriptorFlow(Flow):
 
     def _enter_read(self, what: str) -> bool:
         """The slow checks before a read; True means "return EOF now"."""
-        if self._closed:
-            raise closed_error(what)
-        if self._reading:
-            raise BusyError(f"cannot {what}: another greenlet is already reading this flow")
-        if self._read_eof:
-            return True
-        assert self._read_error is not None
-        raise BrokenError(f"cannot {what}: an earlier read failed ({self._read_error})")
+        return refuse_read(
+            what, closed=self._closed, reading=self._reading, at_eof=self._read_eof, error=self._read_error
+        )
 
     def _wait_readable(self) -> bool:
         """Park until the fd is readable; True means reading was shut down."""
@@ -277,14 +274,10 @@ class DescriptorFlow(Flow):
         finally:
             self._writing = False
 
-    def _enter_write(self, what: str) -> None:
-        if self._closed:
-            raise closed_error(what)
-        if self._writing:
-            raise BusyError(f"cannot {what}: another greenlet is already writing this flow")
-        if self._write_shut:
-            raise ClosedError(f"cannot {what}: this side has shut down writing")
-        raise BrokenError(f"cannot {what}: an earlier write failed ({self._write_error})")
+    def _enter_write(self, what: str) -> NoReturn:
+        refuse_write(
+            what, closed=self._closed, writing=self._writing, shut=self._write_shut, error=self._write_error
+        )
 
     def _send_rest(self, view: memoryview, what: str) -> None:
         timer = None

@@ -18,11 +18,11 @@ import math
 import operator
 from collections.abc import Iterable
 from types import TracebackType
-from typing import Final
+from typing import Final, NoReturn
 
 import gevent
 
-from .errors import ClosedError, FlowError, FlowTimeout
+from .errors import BrokenError, BusyError, ClosedError, FlowError, FlowTimeout
 
 __all__ = ["DEFAULT_READ_SIZE", "Buffer", "Flow", "Shutdown"]
 
@@ -349,6 +349,39 @@ def start_timer(seconds: float, what: str) -> gevent.Timeout:
 def closed_error(what: str) -> ClosedError:
     """The error for a call on a flow that this side closed."""
     return ClosedError(f"cannot {what}: the flow is closed")
+
+
+def refuse_read(what: str, *, closed: bool, reading: bool, at_eof: bool, error: BaseException | None) -> bool:
+    """The checks before a read that cannot go ahead, in the contract's order.
+
+    Closed beats busy, local EOF (``shutdown("read")``, or EOF seen) beats
+    an earlier failure. Returns True when the read must return EOF now, and
+    raises otherwise; a flow calls it only when one of the four is set.
+    """
+    if closed:
+        raise closed_error(what)
+    if reading:
+        raise BusyError(f"cannot {what}: another greenlet is already reading this flow")
+    if at_eof:
+        return True
+    raise BrokenError(f"cannot {what}: an earlier read failed ({error})") from error
+
+
+def refuse_write(
+    what: str, *, closed: bool, writing: bool, shut: bool, error: BaseException | None
+) -> NoReturn:
+    """The checks before a write that cannot go ahead: raise the right error.
+
+    Closed beats busy, busy beats this side's shutdown, which beats an
+    earlier failure; a flow calls it only when one of the four is set.
+    """
+    if closed:
+        raise closed_error(what)
+    if writing:
+        raise BusyError(f"cannot {what}: another greenlet is already writing this flow")
+    if shut:
+        raise ClosedError(f"cannot {what}: this side has shut down writing")
+    raise BrokenError(f"cannot {what}: an earlier write failed ({error})") from error
 
 
 def check_bytes_like(data: object) -> memoryview:

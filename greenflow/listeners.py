@@ -37,7 +37,7 @@ from urllib.parse import urlsplit
 
 from ._defaults import DEFAULT_HANDSHAKE_TIMEOUT
 from .flow import Flow
-from .sockets import SocketFlow
+from .sockets import SocketFlow, socket_at
 
 if TYPE_CHECKING:
     from OpenSSL import SSL
@@ -422,12 +422,7 @@ def listen_fd(
         ValueError: ``fd`` is not a listening stream socket (the caller keeps
             it).
     """
-    try:
-        sock = socket.socket(fileno=fd)
-    except OSError as exc:
-        if exc.errno == errno.ENOTSOCK:
-            raise ValueError(f"descriptor {fd} is not a socket") from exc
-        raise
+    sock = socket_at(fd)
     try:
         listener = listen_socket(
             sock, tls_context=tls_context, handshake_timeout=handshake_timeout, name=name

@@ -152,16 +152,26 @@ def from_fd(fd: int, *, timeout: float | None = None) -> SocketFlow:
         ValueError: ``fd`` is not a connected stream socket.
     """
     check_timeout(timeout)
-    try:
-        sock = socket.socket(fileno=fd)
-    except OSError as exc:
-        if exc.errno == errno.ENOTSOCK:
-            raise ValueError(f"descriptor {fd} is not a socket") from exc
-        raise
+    sock = socket_at(fd)
     try:
         return from_socket(sock, timeout=timeout)
     except ValueError:
         sock.detach()  # the caller keeps ownership when we refuse it
+        raise
+
+
+def socket_at(fd: int) -> socket.socket:
+    """A socket object for the socket at descriptor ``fd`` (family and type read from it).
+
+    Raises:
+        ValueError: ``fd`` is open but not a socket.
+        OSError: ``fd`` is not open.
+    """
+    try:
+        return socket.socket(fileno=fd)
+    except OSError as exc:
+        if exc.errno == errno.ENOTSOCK:
+            raise ValueError(f"descriptor {fd} is not a socket") from exc
         raise
 
 

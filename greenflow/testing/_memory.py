@@ -31,7 +31,7 @@ from collections.abc import Iterable
 
 from gevent.event import Event
 
-from ..errors import BrokenError, BusyError, ClosedError, FlowError, FlowTimeout
+from ..errors import BrokenError, BusyError, FlowError, FlowTimeout
 from ..flow import (
     Buffer,
     Flow,
@@ -42,6 +42,8 @@ from ..flow import (
     check_writable_buffer,
     closed_error,
     parse_shutdown,
+    refuse_read,
+    refuse_write,
     start_timer,
 )
 
@@ -187,10 +189,8 @@ class MemoryFlow(Flow):
         return len(data)
 
     def _read(self, size: int, what: str) -> bytes:
-        if self._closed:
-            raise closed_error(what)
-        if self._reading:
-            raise BusyError(f"cannot {what}: another greenlet is already reading this flow")
+        if self._closed or self._reading:  # refuse_read raises for both
+            refuse_read(what, closed=self._closed, reading=self._reading, at_eof=False, error=None)
         pipe = self.incoming
         self._reading = True
         timer = None
@@ -225,14 +225,14 @@ class MemoryFlow(Flow):
         self._write(memoryview(b"".join(views)), "writev")
 
     def _write(self, view: memoryview, what: str) -> None:
-        if self._closed:
-            raise closed_error(what)
-        if self._writing:
-            raise BusyError(f"cannot {what}: another greenlet is already writing this flow")
-        if self._write_shut:
-            raise ClosedError(f"cannot {what}: this side has shut down writing")
-        if self._write_error is not None:
-            raise BrokenError(f"cannot {what}: an earlier write failed ({self._write_error})")
+        if self._closed or self._writing or self._write_shut or self._write_error is not None:
+            refuse_write(
+                what,
+                closed=self._closed,
+                writing=self._writing,
+                shut=self._write_shut,
+                error=self._write_error,
+            )
         pipe = self.outgoing
         if pipe.reader_gone:
             self._write_error = BrokenError(f"cannot {what}: the peer has closed the flow")

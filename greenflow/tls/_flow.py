@@ -51,7 +51,7 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
-from typing import Final, TypeVar
+from typing import Final, NoReturn, TypeVar
 
 import gevent
 from gevent.event import Event
@@ -72,6 +72,8 @@ from ..flow import (
     closed_error,
     log,
     parse_shutdown,
+    refuse_read,
+    refuse_write,
     start_timer,
 )
 from ._engine import (
@@ -329,14 +331,9 @@ class TLSFlow(Flow):
 
     def _enter_read(self, what: str) -> bool:
         """The slow checks before a read; True means "return EOF now"."""
-        if self._closed:
-            raise closed_error(what)
-        if self._reading:
-            raise BusyError(f"cannot {what}: another greenlet is already reading this flow")
-        if self._read_shut:
-            return True
-        assert self._read_error is not None
-        raise BrokenError(f"cannot {what}: an earlier read failed ({self._read_error})") from self._read_error
+        return refuse_read(
+            what, closed=self._closed, reading=self._reading, at_eof=self._read_shut, error=self._read_error
+        )
 
     def _receive(self) -> None:
         """Read one block of ciphertext and feed it to the engine (rule 3).
@@ -411,14 +408,10 @@ class TLSFlow(Flow):
             if timer is not None:
                 timer.close()
 
-    def _enter_write(self, what: str) -> None:
-        if self._closed:
-            raise closed_error(what)
-        if self._writing:
-            raise BusyError(f"cannot {what}: another greenlet is already writing this flow")
-        if self._write_shut:
-            raise ClosedError(f"cannot {what}: this side has shut down writing")
-        raise BrokenError(f"cannot {what}: an earlier write failed ({self._write_error})")
+    def _enter_write(self, what: str) -> NoReturn:
+        refuse_write(
+            what, closed=self._closed, writing=self._writing, shut=self._write_shut, error=self._write_error
+        )
 
     def _encrypt_views(self, views: list[memoryview]) -> None:
         # Record-sized pieces straight from the caller's buffers: small
