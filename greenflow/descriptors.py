@@ -34,6 +34,7 @@ from gevent import get_hub as _get_hub
 from .errors import BrokenError, BusyError, ClosedError, FlowError, FlowTimeout
 from .flow import (
     DEFAULT_READ_SIZE,
+    MAX_READ_SIZE,
     Buffer,
     Flow,
     Shutdown,
@@ -133,7 +134,7 @@ class DescriptorFlow(Flow):
     # -- reading ---------------------------------------------------------------
 
     def read(self, max_bytes: int | None = None) -> bytes:
-        size = DEFAULT_READ_SIZE if max_bytes is None else check_max_bytes(max_bytes)
+        size = DEFAULT_READ_SIZE if max_bytes is None else min(check_max_bytes(max_bytes), MAX_READ_SIZE)
         if self._reading or self._closed or self._read_eof or self._read_error:
             if self._enter_read("read"):
                 return b""
@@ -184,6 +185,8 @@ class DescriptorFlow(Flow):
                 except OSError as exc:
                     raise self._read_failed(exc) from exc
                 if not count:
+                    if not memoryview(buffer).nbytes:  # len() > 0 but no bytes: not EOF
+                        raise ValueError("read_into needs a buffer with room for at least one byte")
                     self._read_eof = True
                 return count
         finally:
@@ -240,9 +243,12 @@ class DescriptorFlow(Flow):
         for buffer in buffers:
             total += len(buffer)  # items, not bytes, for odd formats: it only picks the path
         if total < _JOIN_BELOW:
-            # A small message: one copy and one send beat gather I/O. join
-            # also rejects what is not bytes-like.
-            self._write_bytes(b"".join(buffers))
+            # A small message: one copy and one send beat gather I/O.
+            try:
+                data = b"".join(buffers)
+            except TypeError:  # a strided view, or not bytes-like: say which
+                data = b"".join([check_bytes_like(b) for b in buffers])
+            self._write_bytes(data)
             return
         views = [check_bytes_like(b) for b in buffers]
         self._writing = True

@@ -28,6 +28,12 @@ __all__ = ["DEFAULT_READ_SIZE", "Buffer", "Flow", "Shutdown"]
 
 log = logging.getLogger("greenflow")
 
+#: The most one ``read()`` asks the kernel for, whatever ``max_bytes`` says:
+#: ``read`` allocates what it asks for before it knows how much will come, so
+#: ``read(2**40)`` must not mean a terabyte (or a fault per page of a huge
+#: block for two bytes). Returning less than ``max_bytes`` is always allowed.
+MAX_READ_SIZE: Final = 262144
+
 #: What ``read()`` returns at most when no ``max_bytes`` is given: large
 #: enough to move bulk data in few calls, small enough that glibc serves it
 #: without trimming and regrowing the heap (performance notes, point 3).
@@ -124,7 +130,7 @@ class Flow(abc.ABC):
             BusyError: another greenlet is reading.
             FlowTimeout: nothing arrived within :attr:`timeout`.
         """
-        size = check_max_bytes(max_bytes)
+        size = min(check_max_bytes(max_bytes), MAX_READ_SIZE)
         buffer = bytearray(size)
         count = self.read_into(buffer)
         del buffer[count:]
@@ -385,11 +391,17 @@ def refuse_write(
 
 
 def check_bytes_like(data: object) -> memoryview:
-    """Return ``data`` as a flat memoryview of bytes, or raise TypeError."""
+    """Return ``data`` as a flat, contiguous memoryview of bytes, or raise TypeError.
+
+    A strided view (``memoryview(b)[::2]``) is bytes-like too: it is copied,
+    since no system call can send it as it is.
+    """
     try:
         view = memoryview(data)  # type: ignore[arg-type]
     except TypeError:
         raise TypeError(f"expected a bytes-like object, not {type(data).__name__}") from None
+    if not view.c_contiguous:
+        return memoryview(view.tobytes())
     if view.format != "B" or view.ndim != 1:
         view = view.cast("B")
     return view

@@ -208,6 +208,7 @@ def connect_tcp(
         BrokenError: every address refused or failed; the message lists them.
         FlowTimeout: no connection within ``connect_timeout``.
     """
+    check_timeout(timeout)  # before connecting: a bad value must not leave a connection behind
     limit = check_timeout(timeout if connect_timeout is None else connect_timeout)
     timer = (
         start_timer(limit, f"connecting to {_format_address((host, port))}") if limit is not None else None

@@ -16,7 +16,7 @@ import gevent.socket
 import pytest
 
 import greenflow
-from greenflow import BrokenError, ClosedError, FlowTimeout, SocketFlow
+from greenflow import BrokenError, ClosedError, Flow, FlowTimeout, SocketFlow
 from greenflow.testing import check_flow_pair
 
 from pairs import SOCKET_PAIRS, clogged, tcp_pair, unix_pair
@@ -368,3 +368,52 @@ def test_close_in_the_same_loop_turn_as_readiness_wins() -> None:
         if isinstance(outcome[0], tuple) and outcome[0][1] is False:
             pytest.skip("this loop ran the reader before the closer: the race was not reached")
         assert isinstance(outcome[0], ClosedError), f"read returned {outcome[0]!r} from a closed flow"
+
+
+# -- regressions found in review ----------------------------------------------------------
+
+
+@pytest.mark.parametrize("make", [greenflow.socketpair, greenflow.pipe_pair], ids=["socketpair", "pipes"])
+def test_a_buffer_with_no_bytes_is_refused_not_taken_for_eof(make: Callable[[], tuple[Flow, Flow]]) -> None:
+    import ctypes
+
+    empty_rows = (ctypes.c_char * 0 * 3)()  # len() is 3, but it holds no byte
+    a, b = make()
+    with a, b:
+        b.write(b"waiting")
+        with pytest.raises(ValueError, match="room for at least one byte"):
+            a.read_into(memoryview(empty_rows))
+        assert a.read() == b"waiting", "the refused read_into latched a false EOF"
+
+
+@pytest.mark.parametrize("make", [greenflow.socketpair, greenflow.pipe_pair], ids=["socketpair", "pipes"])
+def test_a_strided_view_is_written_whole(make: Callable[[], tuple[Flow, Flow]]) -> None:
+    a, b = make()
+    with a, b:
+        data = bytes(range(200))
+        a.write(memoryview(data)[::2])
+        a.writev([memoryview(data)[1::2], b"!"])
+        expected = data[::2] + data[1::2] + b"!"
+        got = b""
+        while len(got) < len(expected):
+            got += b.read()
+        assert got == expected
+        a.write(b"the writing direction is not broken")
+
+
+@pytest.mark.parametrize("make", [greenflow.socketpair, greenflow.pipe_pair], ids=["socketpair", "pipes"])
+def test_a_huge_max_bytes_is_fine(make: Callable[[], tuple[Flow, Flow]]) -> None:
+    a, b = make()
+    with a, b:
+        b.write(b"hi")
+        assert a.read(2**62) == b"hi"  # no 2**62-byte allocation, no OverflowError
+
+
+def test_connect_tcp_checks_its_timeout_before_connecting() -> None:
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        port = listener.getsockname()[1]
+        with pytest.raises(ValueError):
+            greenflow.connect_tcp("127.0.0.1", port, timeout=-1, connect_timeout=5)
+        listener.settimeout(0)
+        with pytest.raises(BlockingIOError):
+            listener.accept()  # nobody connected: nothing was left behind
