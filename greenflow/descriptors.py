@@ -19,6 +19,11 @@ after every watcher on them has been stopped, so libev never polls a closed
 descriptor.
 
 OS errors become flow errors in one place, :func:`broken_error`.
+
+A flow owns its descriptors. One closed behind its back while a greenlet
+waits on it is not noticed (the kernel drops it from epoll without a word):
+only ``close()`` or the flow's timeout ends that wait. A call that starts
+afterwards gets ``EBADF``, which becomes :class:`BrokenError`.
 """
 
 from __future__ import annotations
@@ -351,7 +356,7 @@ class DescriptorFlow(Flow):
         if self._closed:
             return exc if isinstance(exc, ClosedError) else closed_error("write")
         if isinstance(exc, OSError) and not isinstance(exc, FlowError):
-            error = self._broken(exc, "writing")
+            error = self._broken(exc, "writing to")
             self._write_error = error
             return error
         if self._write_error is None:
@@ -388,13 +393,21 @@ class DescriptorFlow(Flow):
         self._read_watcher = self._write_watcher = None
         try:
             # The descriptors are closed only once the watchers on them are.
-            self._hub.cancel_waits_close_and_then(watchers, _WokenByClose, self._release)
+            self._hub.cancel_waits_close_and_then(watchers, _WokenByClose, self._release_quietly)
         except Exception as exc:  # pragma: no cover - defensive: close never raises
             log.debug("closing %r failed: %s", self, exc)
 
     def _end_writing(self) -> None:
         """Tell the peer no more data comes (a FIN, or closing a pipe's end)."""
         raise NotImplementedError
+
+    def _release_quietly(self) -> None:
+        # Runs in a hub callback when a greenlet was parked: an error here
+        # must be logged, as close() promises, not printed by the hub.
+        try:
+            self._release()
+        except Exception as exc:
+            log.debug("closing the descriptors of %r failed: %s", self, exc)
 
     def _release(self) -> None:
         """Close the descriptors; called once, after the watchers are stopped."""

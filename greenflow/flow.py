@@ -236,7 +236,10 @@ class Flow(abc.ABC):
         Returns:
             ``True`` if the peer's EOF arrived in time, ``False`` if not (the
             time ran out, or the flow broke, or another greenlet was using
-            it). The flow is closed either way.
+            it). The flow is closed either way. After this side's own
+            ``shutdown("read")`` reads return ``b""`` at once, so the answer
+            is ``True`` without news from the peer: do not shut down reading
+            first if the answer matters.
         """
         expired = _GracefulTimeout()
         timer = gevent.Timeout(timeout, expired) if timeout is not None else None
@@ -342,13 +345,14 @@ def check_timeout(value: float | None) -> float | None:
     return float(value)
 
 
-def start_timer(seconds: float, what: str) -> gevent.Timeout:
+def start_timer(seconds: float, what: str, *, setting: str = "the flow's timeout") -> gevent.Timeout:
     """Start the timer that bounds one blocking call by the flow's timeout.
 
     When it expires it raises a :class:`FlowTimeout` whose message says what
-    did not finish; any other ``gevent.Timeout`` stays distinct from it.
+    did not finish and which ``setting`` bounded it; any other
+    ``gevent.Timeout`` stays distinct from it.
     """
-    message = f"{what} did not complete within the flow's timeout of {seconds:g} seconds"
+    message = f"{what} did not complete within {setting} of {seconds:g} seconds"
     return gevent.Timeout.start_new(seconds, FlowTimeout(message))
 
 

@@ -90,9 +90,11 @@ class PipeFlow(DescriptorFlow):
         os.close(self._ends.write_fd)
 
     def _release(self) -> None:
-        os.close(self._ends.read_fd)
-        if not self._write_shut:
-            os.close(self._ends.write_fd)
+        try:
+            os.close(self._ends.read_fd)
+        finally:
+            if not self._write_shut:
+                os.close(self._ends.write_fd)
 
     def _describe(self) -> str:
         return f"the pipe flow (reading fd {self._ends.read_fd}, writing fd {self._ends.write_fd})"

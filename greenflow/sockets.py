@@ -134,6 +134,14 @@ def from_socket(sock: socket.socket | _gevent_socket.socket, *, timeout: float |
         raise ValueError(f"a flow needs a stream socket, not {sock.type!r}")
     if _is_listening(sock):
         raise ValueError("that socket is listening; accept connections with greenflow.Server")
+    try:
+        sock.getpeername()
+    except OSError as exc:
+        if exc.errno == errno.ENOTCONN:
+            raise ValueError(
+                "that socket is not connected; connect it first, or use greenflow.connect_tcp"
+            ) from None
+        raise
     if type(sock) is not socket.socket:
         # A gevent socket (or a subclass): take the fd away from its wrapper,
         # so that only the flow waits on it.
@@ -210,9 +218,9 @@ def connect_tcp(
     """
     check_timeout(timeout)  # before connecting: a bad value must not leave a connection behind
     limit = check_timeout(timeout if connect_timeout is None else connect_timeout)
-    timer = (
-        start_timer(limit, f"connecting to {_format_address((host, port))}") if limit is not None else None
-    )
+    setting = "the timeout" if connect_timeout is None else "connect_timeout"
+    target = f"connecting to {_format_address((host, port))}"
+    timer = start_timer(limit, target, setting=setting) if limit is not None else None
     try:
         failures = []
         last: OSError | None = None
@@ -262,7 +270,9 @@ def connect_vsock(cid: int, port: int, *, timeout: float | None = None) -> Socke
 
 def _connect_family(family: int, address: Any, name: object, timeout: float | None) -> SocketFlow:
     limit = check_timeout(timeout)
-    timer = start_timer(limit, f"connecting to {name!r}") if limit is not None else None
+    timer = (
+        start_timer(limit, f"connecting to {name!r}", setting="the timeout") if limit is not None else None
+    )
     sock = socket.socket(family, socket.SOCK_STREAM)
     try:
         _connect(sock, address)
@@ -317,6 +327,8 @@ def _resolve(host: str, port: int) -> list[tuple[int, Any]]:
         ]
     try:
         infos = _gevent_socket.getaddrinfo(host, port, 0, socket.SOCK_STREAM)
+    except FlowError:  # our own timeout (an OSError too) while resolving: final
+        raise
     except OSError as exc:
         error = BrokenError(f"could not resolve {host!r}: {exc.strerror or exc}")
         raise error from exc

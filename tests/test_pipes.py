@@ -113,3 +113,13 @@ def test_no_addresses() -> None:
     with a, b:
         assert a.local_address is None and a.peer_address is None
         assert "pipe flow" in repr(a)
+
+
+def test_close_closes_the_write_end_even_when_the_read_end_fails() -> None:
+    a, b = greenflow.pipe_pair()
+    with b:
+        read_fd, write_fd = a.read_fd, a.write_fd
+        os.close(read_fd)  # behind the flow's back: closing it again fails
+        a.close()
+        with pytest.raises(OSError):
+            os.fstat(write_fd)  # not leaked

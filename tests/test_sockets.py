@@ -417,3 +417,43 @@ def test_connect_tcp_checks_its_timeout_before_connecting() -> None:
         listener.settimeout(0)
         with pytest.raises(BlockingIOError):
             listener.accept()  # nobody connected: nothing was left behind
+
+
+def test_connect_timeout_while_resolving_is_a_flow_timeout() -> None:
+    # A name goes to gevent's resolver, which yields; a connect_timeout of 0
+    # expires there. FlowTimeout is an OSError too, and must not come out as
+    # "could not resolve".
+    with (
+        socket.create_server(("127.0.0.1", 0)) as listener,
+        pytest.raises(FlowTimeout, match="within connect_timeout of 0 seconds"),
+    ):
+        greenflow.connect_tcp("localhost", listener.getsockname()[1], connect_timeout=0)
+
+
+def test_from_socket_refuses_an_unconnected_socket() -> None:
+    with socket.socket() as unconnected, pytest.raises(ValueError, match="not connected"):
+        greenflow.from_socket(unconnected)
+
+
+def test_close_after_the_descriptor_vanished_logs_instead_of_crashing_the_hub(
+    capfd: pytest.CaptureFixture[str],
+) -> None:
+    a, b = greenflow.socketpair()
+
+    def reader() -> object:
+        try:
+            return a.read()
+        except ClosedError as exc:
+            return exc
+
+    with b:
+        reading = gevent.spawn(reader)
+        gevent.sleep(0.01)  # parked on its watcher
+        os.close(a.socket.fileno())  # behind the flow's back
+        a.close()
+        assert isinstance(reading.get(timeout=5), ClosedError)
+        gevent.sleep(0.01)  # the deferred release has run
+        a.socket.detach()
+    errors = capfd.readouterr().err
+    assert "Traceback" not in errors, errors
+    assert "Bad file descriptor" not in errors

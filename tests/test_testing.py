@@ -254,3 +254,16 @@ def test_only_must_name_a_check() -> None:
 
 def test_suite_passes_on_a_socketpair_quickly() -> None:
     check_flow_pair(socketpair)
+
+
+class RaisesNotImplemented(_Broken):
+    def read_into(self, buffer: bytearray | memoryview) -> int:
+        raise NotImplementedError("read_into is not written yet")
+
+
+def test_an_unexpected_exception_fails_its_check_and_the_suite_goes_on() -> None:
+    with pytest.raises(AssertionError) as caught:
+        check_flow_pair(_maker(RaisesNotImplemented))
+    message = str(caught.value)
+    assert "unexpected NotImplementedError: read_into is not written yet" in message
+    assert "of 23 flow contract checks failed" in message

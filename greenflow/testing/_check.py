@@ -84,7 +84,7 @@ def check_flow_pair(
                 check(context)
             finally:
                 context.clean_up()
-        except (AssertionError, _Hung, FlowError, OSError, ValueError, TypeError) as exc:
+        except (Exception, _Hung) as exc:  # whatever a flow raises fails that check only
             failures.append(f"- {name}: {_describe(exc)}")
             first = first or exc
         finally:
