@@ -263,7 +263,7 @@ class RaisesNotImplemented(_Broken):
 
 def test_an_unexpected_exception_fails_its_check_and_the_suite_goes_on() -> None:
     with pytest.raises(AssertionError) as caught:
-        check_flow_pair(_maker(RaisesNotImplemented))
+        check_flow_pair(_maker(RaisesNotImplemented), check_timeout=2)
     message = str(caught.value)
     assert "unexpected NotImplementedError: read_into is not written yet" in message
     assert "of 23 flow contract checks failed" in message
