@@ -193,6 +193,45 @@ class EmptyWriteIsEof(_Broken):
         super().write(data)
 
 
+class CountsItemsNotBytes(_Broken):
+    def write(self, data: Buffer) -> None:
+        view = memoryview(data)
+        super().write(view.cast("B")[: len(view)])  # len() counts items, not bytes
+
+
+class KeepsTheCallersBuffer(_Broken):
+    """A 'zero-copy' write: small bytearrays are queued by reference."""
+
+    def write(self, data: Buffer) -> None:
+        if isinstance(data, bytearray) and 0 < len(data) <= 64:
+            self.outgoing.__dict__.setdefault("kept", []).append(data)
+            return
+        super().write(data)
+
+    def _read(self, size: int, what: str) -> bytes:
+        kept = self.incoming.__dict__.get("kept")
+        if kept and not self._closed and not self._read_shut:
+            return bytes(kept.pop(0))
+        return super()._read(size, what)
+
+
+class OnlyFlowTimeoutBreaksWrites(_Broken):
+    def write(self, data: Buffer) -> None:
+        try:
+            super().write(data)
+        except BaseException as exc:
+            if not isinstance(exc, FlowTimeout):
+                self._write_error = None
+            raise
+
+
+class KeepsDataAfterShutdownRead(_Broken):
+    def _read(self, size: int, what: str) -> bytes:
+        if self._read_shut and not self._closed and self.incoming.buffered_bytes:
+            return self.incoming.take(size)
+        return super()._read(size, what)
+
+
 def _maker(cls: type[MemoryFlow]) -> Callable[[], tuple[Flow, Flow]]:
     def make() -> tuple[Flow, Flow]:
         a, b = _pair(65536, None)
@@ -213,6 +252,10 @@ BROKEN = [
     (ShutdownSendsNoEof, "shutdown('write') is a half-close"),
     (SilentAfterClose, "every later call raises ClosedError"),
     (EmptyWriteIsEof, "write(b'') sends nothing and is not EOF"),
+    (CountsItemsNotBytes, "write takes any bytes-like object whole"),
+    (KeepsTheCallersBuffer, "keeps no reference to it"),
+    (OnlyFlowTimeoutBreaksWrites, "a gevent.Timeout or a kill breaks the writing direction"),
+    (KeepsDataAfterShutdownRead, "discards what is in flight"),
 ]
 
 
@@ -241,8 +284,8 @@ def test_every_check_runs_and_all_failures_are_listed() -> None:
         check_flow_pair(_maker(WritevReorders))
     message = str(caught.value)
     # The writev check and the random stress both see the reordering; the
-    # other 21 checks pass, and all 23 ran.
-    assert "2 of 23 flow contract checks failed" in message
+    # other 22 checks pass, and all 24 ran.
+    assert "2 of 24 flow contract checks failed" in message
     assert "- writev keeps order" in message
     assert "- random full-duplex stress" in message
 
@@ -266,4 +309,4 @@ def test_an_unexpected_exception_fails_its_check_and_the_suite_goes_on() -> None
         check_flow_pair(_maker(RaisesNotImplemented), check_timeout=2)
     message = str(caught.value)
     assert "unexpected NotImplementedError: read_into is not written yet" in message
-    assert "of 23 flow contract checks failed" in message
+    assert "of 24 flow contract checks failed" in message

@@ -15,6 +15,7 @@ reader running at the same time, so the suite never deadlocks a correct flow.
 
 from __future__ import annotations
 
+import array
 import random
 import traceback
 from collections.abc import Callable, Iterable, Iterator
@@ -364,6 +365,29 @@ def _writev(ctx: _Context) -> None:
     _join(sending, "writev of a generator")
 
 
+@_check("write takes any bytes-like object whole and keeps no reference to it")
+def _write_buffers(ctx: _Context) -> None:
+    a, b = ctx.pair()
+    ints = array.array("i", range(1000))  # 1000 items, 4000 bytes
+    sending = ctx.spawn(a.write, ints)
+    got = _read_exactly(b, len(ints) * ints.itemsize)
+    _join(sending, "write of an array('i')")
+    assert got == ints.tobytes(), "write of an array('i') did not send its bytes (items counted as bytes?)"
+    buffer = bytearray(b"original")
+    sending = ctx.spawn(a.write, buffer)
+    _settle()
+    if sending.ready():  # a buffering flow: the write returned before any read
+        _join(sending, "write")
+        buffer[:] = b"MUTATED!"
+        got = _read_exactly(b, 8)
+    else:  # the write returns only once it was read (lockstep): nothing to keep
+        got = _read_exactly(b, 8)
+        _join(sending, "write")
+    assert got == b"original", (
+        f"the peer read {got!r}: the flow kept the caller's buffer after write returned"
+    )
+
+
 @_check("one write much larger than any buffer reaches a slow reader whole")
 def _huge_write(ctx: _Context) -> None:
     a, b = ctx.pair()
@@ -407,7 +431,7 @@ def _half_close(ctx: _Context) -> None:
     _join(shutting, "shutdown('write')")
 
 
-@_check("shutdown('read') makes reads return b'', and wakes a blocked reader")
+@_check("shutdown('read') makes reads return b'', discards what is in flight, wakes a blocked reader")
 def _shutdown_read(ctx: _Context) -> None:
     a, b = ctx.pair()
     with _blocked(ctx, a.read) as reading:
@@ -419,6 +443,12 @@ def _shutdown_read(ctx: _Context) -> None:
     assert a.read_into(bytearray(4)) == 0, "read_into after shutdown('read') did not return 0"
     a.shutdown(Shutdown.READ)  # idempotent
     _send_and_receive(ctx, a, b, b"writing still works")
+    c, d = ctx.pair()
+    ctx.spawn(d.write, b"in flight")
+    _settle()  # delivered, or waiting for a reader
+    c.shutdown("read")
+    got = c.read()
+    assert got == b"", f"read after shutdown('read') returned data that was in flight: {got!r}"
 
 
 @_check("shutdown rejects anything but read, write and read_write")
@@ -563,12 +593,28 @@ def _read_timeouts(ctx: _Context) -> None:
     _send_and_receive(ctx, b, a, b"after a kill")
 
 
-@_check("a write that times out breaks the writing direction")
+@_check("a write interrupted by a timeout, a gevent.Timeout or a kill breaks the writing direction")
 def _write_timeout(ctx: _Context) -> None:
     a, _b, size = ctx.clogged_pair()
     a.timeout = 0.05
     _expect(FlowTimeout, lambda: a.write(b"t" * size), "a blocked write with timeout=0.05")
     _expect(BrokenError, lambda: a.write(b"x"), "a write after a write timed out")
+    c, _d, size = ctx.clogged_pair()
+    outer = gevent.Timeout(0.05)
+    outer.start()
+    try:
+        c.write(b"t" * size)
+    except gevent.Timeout as raised:
+        assert raised is outer, f"a gevent.Timeout came out of write as {raised!r}"
+    else:
+        raise AssertionError("a blocked write returned")
+    finally:
+        outer.close()
+    _expect(BrokenError, lambda: c.write(b"x"), "a write after a write a gevent.Timeout interrupted")
+    e, _f, size = ctx.clogged_pair()
+    with _blocked(ctx, e.write, b"k" * size) as writing:
+        writing.kill(block=True, timeout=5)
+    _expect(BrokenError, lambda: e.write(b"x"), "a write after a killed write")
 
 
 @_check("random full-duplex stress: write, writev, read, read_into, then EOF both ways")
