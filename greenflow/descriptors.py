@@ -42,6 +42,7 @@ from .flow import (
     MAX_READ_SIZE,
     Buffer,
     Flow,
+    FlowAttributes,
     Shutdown,
     check_bytes_like,
     check_max_bytes,
@@ -88,7 +89,7 @@ class _Transport(Protocol):
     def sendmsg(self, buffers: list[memoryview], ancdata: tuple[()], flags: int, /) -> int: ...
 
 
-class DescriptorFlow(Flow):
+class DescriptorFlow(FlowAttributes, Flow):
     """A flow over non-blocking descriptors whose system calls it makes itself.
 
     The machinery shared by :class:`~greenflow.SocketFlow` and
@@ -412,20 +413,6 @@ class DescriptorFlow(Flow):
     def _release(self) -> None:
         """Close the descriptors; called once, after the watchers are stopped."""
         raise NotImplementedError
-
-    # -- attributes ------------------------------------------------------------
-
-    @property
-    def closed(self) -> bool:
-        return self._closed
-
-    @property
-    def timeout(self) -> float | None:
-        return self._timeout
-
-    @timeout.setter
-    def timeout(self, value: float | None) -> None:
-        self._timeout = check_timeout(value)
 
     # -- errors ----------------------------------------------------------------
 

@@ -309,6 +309,34 @@ class _GracefulTimeout(BaseException):
     """close_gracefully's own deadline, told apart from any other timeout."""
 
 
+class FlowAttributes:
+    """``closed`` and ``timeout`` kept in ``_closed`` and ``_timeout``.
+
+    A mixin for flows that store them so (list it before :class:`Flow`);
+    the setter validates the timeout.
+    """
+
+    __slots__ = ()
+    _closed: bool
+    _timeout: float | None
+
+    @property
+    def closed(self) -> bool:
+        """Whether :meth:`Flow.close` has been called on this flow."""
+        return self._closed
+
+    @property
+    def timeout(self) -> float | None:
+        """Seconds each blocking call may take, or ``None`` for no limit."""
+        return self._timeout
+
+    @timeout.setter
+    def timeout(self, value: float | None) -> None:
+        # The slot is the subclass's: this mixin must declare none, or it
+        # would clash with the subclass's layout.
+        self._timeout = check_timeout(value)  # type: ignore[misc]
+
+
 # -- helpers shared by every implementation --------------------------------------
 
 

@@ -35,6 +35,7 @@ from ..errors import BrokenError, BusyError, FlowError, FlowTimeout
 from ..flow import (
     Buffer,
     Flow,
+    FlowAttributes,
     Shutdown,
     check_bytes_like,
     check_max_bytes,
@@ -153,7 +154,7 @@ class MemoryPipe:
         self.changed()
 
 
-class MemoryFlow(Flow):
+class MemoryFlow(FlowAttributes, Flow):
     """One endpoint of :func:`memory_pair` or :func:`lockstep_pair`.
 
     Follows the :class:`~greenflow.Flow` contract exactly, with no sockets:
@@ -290,18 +291,6 @@ class MemoryFlow(Flow):
         self.outgoing.withdraw()
         self.incoming.reader_gone = True
         self.incoming.discard()
-
-    @property
-    def closed(self) -> bool:
-        return self._closed
-
-    @property
-    def timeout(self) -> float | None:
-        return self._timeout
-
-    @timeout.setter
-    def timeout(self, value: float | None) -> None:
-        self._timeout = check_timeout(value)
 
 
 def memory_pair(

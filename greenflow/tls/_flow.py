@@ -64,6 +64,7 @@ from ..errors import BrokenError, BusyError, ClosedError, FlowError, FlowTimeout
 from ..flow import (
     Buffer,
     Flow,
+    FlowAttributes,
     Shutdown,
     check_bytes_like,
     check_max_bytes,
@@ -142,7 +143,7 @@ class _ReadShutdownWakeupError(Exception):
         self.flow = flow
 
 
-class TLSFlow(Flow):
+class TLSFlow(FlowAttributes, Flow):
     """A TLS session over another flow (``underlying``).
 
     Made by :func:`greenflow.tls.client`, :func:`greenflow.tls.server` and
@@ -725,18 +726,6 @@ class TLSFlow(Flow):
         self._run_write(start, None, "renegotiate")
 
     # -- attributes ------------------------------------------------------------------------
-
-    @property
-    def closed(self) -> bool:
-        return self._closed
-
-    @property
-    def timeout(self) -> float | None:
-        return self._timeout
-
-    @timeout.setter
-    def timeout(self, value: float | None) -> None:
-        self._timeout = check_timeout(value)
 
     @property
     def local_address(self) -> object:
