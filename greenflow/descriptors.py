@@ -36,7 +36,7 @@ from typing import Any, NoReturn, Protocol
 
 from gevent import get_hub as _get_hub
 
-from .errors import BrokenError, BusyError, ClosedError, FlowError, FlowTimeout
+from .errors import BrokenError, ClosedError, FlowError, FlowTimeout
 from .flow import (
     DEFAULT_READ_SIZE,
     MAX_READ_SIZE,
@@ -44,12 +44,12 @@ from .flow import (
     Flow,
     FlowAttributes,
     Shutdown,
+    begin_shutdown,
     check_bytes_like,
     check_max_bytes,
     check_timeout,
     closed_error,
     log,
-    parse_shutdown,
     refuse_read,
     refuse_write,
     start_timer,
@@ -368,12 +368,8 @@ class DescriptorFlow(FlowAttributes, Flow):
     # -- ending ----------------------------------------------------------------
 
     def shutdown(self, how: Shutdown | str = Shutdown.WRITE) -> None:
-        how = parse_shutdown(how)
-        if self._closed:
-            raise closed_error("shut down")
+        how = begin_shutdown(how, closed=self._closed, writing=self._writing, write_shut=self._write_shut)
         if how.writes and not self._write_shut:
-            if self._writing:
-                raise BusyError("cannot shut down writing: another greenlet is writing")
             self._write_shut = True
             try:
                 self._end_writing()

@@ -362,6 +362,20 @@ def parse_shutdown(how: Shutdown | str) -> Shutdown:
     raise ValueError(f'how must be "read", "write" or "read_write", not {how!r}')
 
 
+def begin_shutdown(how: Shutdown | str, *, closed: bool, writing: bool, write_shut: bool) -> Shutdown:
+    """The checks every ``shutdown`` makes first; returns ``how`` parsed.
+
+    Raises ValueError for a bad ``how``, ClosedError on a closed flow, and
+    BusyError when writing is to end while another greenlet writes.
+    """
+    how = parse_shutdown(how)
+    if closed:
+        raise closed_error("shut down")
+    if how.writes and not write_shut and writing:
+        raise BusyError("cannot shut down writing: another greenlet is writing")
+    return how
+
+
 def check_timeout(value: float | None) -> float | None:
     """Validate a ``timeout`` setting: ``None`` or a number of seconds >= 0."""
     if value is None:

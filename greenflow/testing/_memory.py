@@ -31,18 +31,18 @@ from collections.abc import Iterable
 
 from gevent.event import Event
 
-from ..errors import BrokenError, BusyError, FlowError, FlowTimeout
+from ..errors import BrokenError, FlowError, FlowTimeout
 from ..flow import (
     Buffer,
     Flow,
     FlowAttributes,
     Shutdown,
+    begin_shutdown,
     check_bytes_like,
     check_max_bytes,
     check_timeout,
     check_writable_buffer,
     closed_error,
-    parse_shutdown,
     refuse_read,
     refuse_write,
     start_timer,
@@ -270,12 +270,8 @@ class MemoryFlow(FlowAttributes, Flow):
     # -- ending ----------------------------------------------------------------
 
     def shutdown(self, how: Shutdown | str = Shutdown.WRITE) -> None:
-        how = parse_shutdown(how)
-        if self._closed:
-            raise closed_error("shut down")
+        how = begin_shutdown(how, closed=self._closed, writing=self._writing, write_shut=self._write_shut)
         if how.writes and not self._write_shut:
-            if self._writing:
-                raise BusyError("cannot shut down writing: another greenlet is writing")
             self._write_shut = True
             self.outgoing.writer_done = True
             self.outgoing.changed()

@@ -66,13 +66,13 @@ from ..flow import (
     Flow,
     FlowAttributes,
     Shutdown,
+    begin_shutdown,
     check_bytes_like,
     check_max_bytes,
     check_timeout,
     check_writable_buffer,
     closed_error,
     log,
-    parse_shutdown,
     refuse_read,
     refuse_write,
     start_timer,
@@ -559,12 +559,8 @@ class TLSFlow(FlowAttributes, Flow):
     # -- ending --------------------------------------------------------------------------
 
     def shutdown(self, how: Shutdown | str = Shutdown.WRITE) -> None:
-        how = parse_shutdown(how)
-        if self._closed:
-            raise closed_error("shut down")
+        how = begin_shutdown(how, closed=self._closed, writing=self._writing, write_shut=self._write_shut)
         ending_writes = how.writes and not self._write_shut
-        if ending_writes and self._writing:
-            raise BusyError("cannot shut down writing: another greenlet is writing")
         # The read half first: it cannot fail, and a blocked reader should
         # not wait for the close_notify to go out.
         if how.reads and not self._read_shut:
