@@ -76,6 +76,19 @@ def test_tls_is_loaded_on_first_use() -> None:
     assert result.stdout.strip() == "ok", result.stderr
 
 
+def test_dir_and_help_list_the_tls_names() -> None:
+    code = (
+        "import pydoc, sys, greenflow; "
+        "missing = set(greenflow.__all__) - set(dir(greenflow)); assert not missing, missing; "
+        "assert 'OpenSSL' not in sys.modules, 'dir() loaded TLS'; "
+        "text = pydoc.render_doc(greenflow, renderer=pydoc.plaintext); "
+        "missing = [n for n in greenflow.__all__ if n not in text]; assert not missing, missing; "
+        "assert 'connect_tls(host' in text and 'class TLSFlow' in text; print('ok')"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=30)
+    assert result.stdout.strip() == "ok", result.stderr
+
+
 def test_unknown_name_is_an_attribute_error() -> None:
     with pytest.raises(AttributeError, match="no attribute 'nope'"):
         greenflow.nope  # noqa: B018
