@@ -2,8 +2,8 @@
 
 This module is where the contract lives. Every flow type in greenflow, and any
 flow a user writes, is a subclass of :class:`Flow` and behaves as its
-docstrings say; implementations document only what they add. The design note
-``flow-contract.md`` is the longer form of the same text.
+docstrings say; implementations document only what they add. The contract
+page of the documentation (``docs/contract.md``) is the longer form.
 
 It also holds the few helpers every implementation needs in the same way
 (argument checks, the per-call timer), so that the rules are written once.
