@@ -33,6 +33,7 @@ extensions = [
 source_suffix = {".md": "markdown"}
 exclude_patterns = ["_build", "examples"]
 myst_heading_anchors = 3
+myst_enable_extensions = ["deflist"]  # the contract page lists calls as terms and definitions
 
 autodoc_member_order = "bysource"
 autodoc_typehints = "signature"
