@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
 import gevent
 import pytest
 
 import greenflow
-from greenflow import BrokenError, BusyError, ClosedError, FlowTimeout
+from greenflow import BrokenError, BusyError, ClosedError, Flow, FlowTimeout
 from greenflow.kit import (
     MAX_TIMEOUT,
     Direction,
@@ -15,7 +19,10 @@ from greenflow.kit import (
     check_timeout,
     check_writable_buffer,
 )
-from greenflow.testing import memory_pair
+from greenflow.testing import check_flow_pair, memory_pair
+
+sys.path.insert(0, str(Path(__file__).parent.parent / "docs" / "examples"))
+from counting_flow import CountingFlow
 
 
 def test_a_direction_is_taken_and_left() -> None:
@@ -141,3 +148,29 @@ def test_misuse_gets_the_same_error_on_every_flow(kind: str) -> None:
     finally:
         left.close()
         right.close()
+
+
+def _counting_pair(make: Callable[[], tuple[Flow, Flow]]) -> Callable[[], tuple[Flow, Flow]]:
+    def make_counting() -> tuple[Flow, Flow]:
+        left, right = make()
+        return CountingFlow(left), CountingFlow(right)
+
+    return make_counting
+
+
+@pytest.mark.parametrize("make", [greenflow.socketpair, memory_pair], ids=["socketpair", "memory"])
+def test_the_documented_example_passes_the_suite(
+    make: Callable[[], tuple[Flow, Flow]],
+) -> None:
+    check_flow_pair(_counting_pair(make))
+
+
+def test_the_documented_example_flow_counts() -> None:
+    left, right = _counting_pair(greenflow.socketpair)()
+    with left, right:
+        left.writev([b"ab", b"cd"])
+        left.shutdown("write")
+        assert right.read() == b"abcd"
+        assert right.read() == b""
+        assert isinstance(left, CountingFlow) and isinstance(right, CountingFlow)
+        assert (left.bytes_out, right.bytes_in) == (4, 4)
