@@ -19,7 +19,7 @@ import greenflow  # noqa: E402 - after the path is set
 
 project = "greenflow"
 author = "the greenflow authors"
-copyright = "the greenflow authors"  # noqa: A001 - the name Sphinx reads
+copyright = "the greenflow authors"
 release = greenflow.__version__
 version = release
 
