@@ -214,7 +214,8 @@ def test_connect_reports_a_refused_connection() -> None:
         port = probe.getsockname()[1]  # bound, not listening: refused
         result = run_connect(f"tcp://127.0.0.1:{port}", b"")
     assert result.returncode == 1
-    assert b"cannot connect" in result.stderr
+    # One line, naming the address once (not "127.0.0.1:N: 127.0.0.1:N: ...").
+    assert result.stderr == f"greenflow: could not connect to 127.0.0.1:{port}: Connection refused\n".encode()
 
 
 def test_systemd_socket_activation(children: list[Served]) -> None:
