@@ -133,7 +133,7 @@ def test_a_descriptor_that_is_not_a_listening_socket_names_the_url() -> None:
 
 
 def test_vsock_cannot_be_listened_on_yet() -> None:
-    with pytest.raises(ValueError, match="cannot listen on vsock://1:1234: .*listen_vsock"):
+    with pytest.raises(ValueError, match=r"cannot listen on vsock://1:1234: .*listen_vsock"):
         listen_url("vsock://1:1234")
 
 

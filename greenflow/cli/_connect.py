@@ -17,6 +17,7 @@ import signal
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import gevent
 import gevent.os
@@ -26,6 +27,9 @@ from ..errors import FlowError
 from ..flow import Flow
 from ..sockets import connect_tcp, connect_unix, connect_vsock
 from ._common import FAILED, USAGE, CommandError, describe_error, load_tls_context, say
+
+if TYPE_CHECKING:
+    from OpenSSL import SSL
 
 _READ_SIZE = 65536
 
@@ -160,17 +164,18 @@ def open_url(
         endpoint = parse_url(url, kind="a URL to connect to")
     except ValueError as exc:
         raise CommandError(str(exc)) from exc
+    options = ClientTLS(cafile, certfile, keyfile, server_hostname, alpn, insecure)
+    context = _client_context(options) if endpoint.tls else None  # a bad file fails before connecting
     try:
         flow = _open_transport(endpoint, timeout)
     except (OSError, FlowError) as exc:  # the library's message names the address
         raise CommandError(describe_error(exc)) from exc
     flow.timeout = None
-    if not endpoint.tls:
+    if context is None:
         return flow
-    options = ClientTLS(cafile, certfile, keyfile, server_hostname, alpn, insecure)
     with contextlib.ExitStack() as on_failure:
         on_failure.callback(flow.close)
-        secured = _secure(flow, endpoint, timeout, options)
+        secured = _handshake(flow, endpoint, timeout, context, options)
         on_failure.pop_all()
     return secured
 
@@ -186,7 +191,7 @@ def _open_transport(endpoint: Endpoint, timeout: float | None) -> Flow:
     raise CommandError(f"cannot connect to {endpoint.url}: a {scheme.value}: URL names no peer to connect to")
 
 
-def _secure(flow: Flow, endpoint: Endpoint, timeout: float | None, options: ClientTLS) -> Flow:
+def _client_context(options: ClientTLS) -> SSL.Context:
     from .. import tls  # noqa: PLC0415 - only TLS connections load pyOpenSSL
 
     context = load_tls_context(
@@ -202,6 +207,14 @@ def _secure(flow: Flow, endpoint: Endpoint, timeout: float | None, options: Clie
         from OpenSSL import SSL  # noqa: PLC0415
 
         context.set_verify(SSL.VERIFY_NONE)
+    return context
+
+
+def _handshake(
+    flow: Flow, endpoint: Endpoint, timeout: float | None, context: SSL.Context, options: ClientTLS
+) -> Flow:
+    from .. import tls  # noqa: PLC0415 - loaded already by _client_context
+
     server_name = options.server_name
     if server_name is None:
         server_name = endpoint.host if endpoint.scheme is Scheme.TLS else "localhost"
@@ -235,30 +248,41 @@ def join_stdio(flow: Flow, stdin: int = 0, stdout: int = 1) -> int:
     failed.
     """
     with _nonblocking(stdin), _nonblocking(stdout):
-        upstream = gevent.spawn(_copy_stdin, stdin, flow)
-        downstream = gevent.spawn(_copy_to_stdout, flow, stdout)
+        upstream = gevent.spawn(_quietly, _copy_stdin, flow, stdin)
+        downstream = gevent.spawn(_quietly, _copy_to_stdout, flow, stdout)
         try:
-            downstream.join()
-            if not downstream.successful():
+            printed = downstream.get()
+            if isinstance(printed, Exception):
                 upstream.kill()
-                say(f"connection failed: {downstream.exception}")
+                say(f"connection failed: {describe_error(printed)}")
                 return 1
-            if downstream.value is False:  # stdout went away: nothing more to do
+            if printed is False:  # stdout went away: nothing more to do
                 upstream.kill()
                 return 0
-            upstream.join()
-            if not upstream.successful():
-                say(f"connection failed: {upstream.exception}")
+            sent = upstream.get()
+            if isinstance(sent, Exception):
+                say(f"connection failed: {describe_error(sent)}")
                 return 1
             return 0
         finally:
             gevent.killall([upstream, downstream])
 
 
-def _copy_stdin(stdin: int, flow: Flow) -> None:
+def _quietly(
+    copy: Callable[[int, Flow], bool] | Callable[[Flow, int], bool], *args: object
+) -> bool | Exception:
+    """Run one direction's copy; a failure is returned (gevent would print it as a crash)."""
+    try:
+        return copy(*args)  # type: ignore[arg-type]
+    except (FlowError, OSError) as exc:
+        return exc
+
+
+def _copy_stdin(flow: Flow, stdin: int) -> bool:
     while data := gevent.os.nb_read(stdin, _READ_SIZE):
         flow.write(data)
     flow.shutdown("write")
+    return True
 
 
 def _copy_to_stdout(flow: Flow, stdout: int) -> bool:
