@@ -81,18 +81,7 @@ class Issued:
         self, names: Sequence[str] = LOCAL_NAMES, *, common_name: str | None = None, days: int = 30
     ) -> Issued:
         """A server certificate for ``names`` (host names or IP addresses), signed by this one."""
-        key = ec.generate_private_key(ec.SECP256R1())
-        certificate = _build(
-            _name(common_name or names[0]),
-            key,
-            issuer=self,
-            days=days,
-            extensions=[
-                (x509.SubjectAlternativeName(_general_names(names)), False),
-                (x509.BasicConstraints(ca=False, path_length=None), True),
-            ],
-        )
-        return Issued(certificate, key)
+        return _build(common_name or names[0], issuer=self, days=days, extensions=_for_names(names, ca=False))
 
 
 def self_signed(
@@ -105,23 +94,11 @@ def self_signed(
 
     A client trusts it by loading the certificate as its CA file.
     """
-    key = ec.generate_private_key(ec.SECP256R1())
-    certificate = _build(
-        _name(common_name),
-        key,
-        issuer=None,
-        days=days,
-        extensions=[
-            (x509.SubjectAlternativeName(_general_names(names)), False),
-            (x509.BasicConstraints(ca=True, path_length=None), True),
-        ],
-    )
-    return Issued(certificate, key)
+    return _build(common_name, issuer=None, days=days, extensions=_for_names(names, ca=True))
 
 
 def certificate_authority(common_name: str = "greenflow test CA", *, days: int = 30) -> Issued:
     """A CA certificate that can sign others (with :meth:`Issued.issue`), and nothing else."""
-    key = ec.generate_private_key(ec.SECP256R1())
     usage = x509.KeyUsage(
         digital_signature=False,
         content_commitment=False,
@@ -133,14 +110,8 @@ def certificate_authority(common_name: str = "greenflow test CA", *, days: int =
         encipher_only=False,
         decipher_only=False,
     )
-    certificate = _build(
-        _name(common_name),
-        key,
-        issuer=None,
-        days=days,
-        extensions=[(x509.BasicConstraints(ca=True, path_length=None), True), (usage, True)],
-    )
-    return Issued(certificate, key)
+    extensions = [(x509.BasicConstraints(ca=True, path_length=None), True), (usage, True)]
+    return _build(common_name, issuer=None, days=days, extensions=extensions)
 
 
 def write_self_signed_certificate(folder: str | os.PathLike[str], days: int = 30) -> tuple[Path, str]:
@@ -156,13 +127,15 @@ def write_self_signed_certificate(folder: str | os.PathLike[str], days: int = 30
 
 
 def _build(
-    subject: x509.Name,
-    key: ec.EllipticCurvePrivateKey,
+    common_name: str,
     *,
     issuer: Issued | None,
     days: int,
     extensions: Iterable[tuple[x509.ExtensionType, bool]],
-) -> x509.Certificate:
+) -> Issued:
+    """A new key and its certificate, signed by ``issuer`` (``None``: by itself)."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    subject = _name(common_name)
     now = datetime.datetime.now(datetime.UTC)
     builder = (
         x509.CertificateBuilder()
@@ -175,7 +148,15 @@ def _build(
     )
     for extension, critical in extensions:
         builder = builder.add_extension(extension, critical=critical)
-    return builder.sign(key if issuer is None else issuer.key, hashes.SHA256())
+    return Issued(builder.sign(key if issuer is None else issuer.key, hashes.SHA256()), key)
+
+
+def _for_names(names: Iterable[str], *, ca: bool) -> list[tuple[x509.ExtensionType, bool]]:
+    """The extensions of a server certificate: its names, and whether it may sign others."""
+    return [
+        (x509.SubjectAlternativeName(_general_names(names)), False),
+        (x509.BasicConstraints(ca=ca, path_length=None), True),
+    ]
 
 
 def _name(common_name: str) -> x509.Name:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import os
 import re
@@ -277,37 +278,47 @@ def test_bad_numbers_are_usage_errors_and_bind_nothing(option: str, value: str, 
     assert not path.exists()
 
 
+@contextlib.contextmanager
+def connect_sharing_stdin(url: str, *extra: str) -> Iterator[tuple[subprocess.Popen[bytes], int]]:
+    """``greenflow connect URL`` whose stdin is a pipe the test holds too.
+
+    The same open file, as a shell and the programs it runs share a
+    terminal: what the child does to its flags, the test sees. Yields the
+    child and the pipe's read end; the child is killed at the end.
+    """
+    read_end, write_end = os.pipe()
+    try:
+        child = subprocess.Popen(
+            [sys.executable, "-m", "greenflow", "connect", url, *extra],
+            stdin=read_end,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            env=ENV,
+        )
+        try:
+            yield child, read_end
+        finally:
+            child.kill()
+            child.wait()
+            child.stderr.close()  # type: ignore[union-attr]
+    finally:
+        os.close(read_end)
+        os.close(write_end)
+
+
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGHUP, signal.SIGINT])
 def test_connect_puts_a_shared_stdin_back_when_signalled(signum: signal.Signals) -> None:
-    # The child's stdin is a pipe whose read end the test holds too: the
-    # same open file, as a shell and the programs it runs share a terminal.
     with socket.create_server(("127.0.0.1", 0)) as listener:
         port = listener.getsockname()[1]
-        read_end, write_end = os.pipe()
-        try:
-            child = subprocess.Popen(
-                [sys.executable, "-m", "greenflow", "connect", f"tcp://127.0.0.1:{port}"],
-                stdin=read_end,
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.PIPE,
-                env=ENV,
-            )
-            try:
-                deadline = time.monotonic() + 20
-                while os.get_blocking(read_end):  # the child switches it when it starts copying
-                    assert time.monotonic() < deadline, "greenflow connect never started"
-                    time.sleep(0.01)
-                child.send_signal(signum)
-                assert child.wait(timeout=20) == 128 + signum
-                assert os.get_blocking(read_end), f"{signum.name} left O_NONBLOCK on the shared stdin"
-                assert b"Traceback" not in child.stderr.read()  # type: ignore[union-attr]
-            finally:
-                child.kill()
-                child.wait()
-                child.stderr.close()  # type: ignore[union-attr]
-        finally:
-            os.close(read_end)
-            os.close(write_end)
+        with connect_sharing_stdin(f"tcp://127.0.0.1:{port}") as (child, read_end):
+            deadline = time.monotonic() + 20
+            while os.get_blocking(read_end):  # the child switches it when it starts copying
+                assert time.monotonic() < deadline, "greenflow connect never started"
+                time.sleep(0.01)
+            child.send_signal(signum)
+            assert child.wait(timeout=20) == 128 + signum
+            assert os.get_blocking(read_end), f"{signum.name} left O_NONBLOCK on the shared stdin"
+            assert b"Traceback" not in child.stderr.read()  # type: ignore[union-attr]
 
 
 # -- signals reach connect at any moment ----------------------------------------------------
@@ -322,32 +333,16 @@ def test_connect_signalled_while_it_connects(signum: signal.Signals) -> None:
     # see. Its handlers must be installed already.
     with socket.create_server(("127.0.0.1", 0)) as listener:
         port = listener.getsockname()[1]
-        read_end, write_end = os.pipe()
-        try:
-            child = subprocess.Popen(
-                [sys.executable, "-m", "greenflow", "connect", f"tls://127.0.0.1:{port}", "--timeout", "30"],
-                stdin=read_end,
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.PIPE,
-                env=ENV,
-            )
-            try:
-                listener.settimeout(20)
-                accepted, _ = listener.accept()
-                with accepted:
-                    accepted.settimeout(20)
-                    assert accepted.recv(1) == b"\x16"  # a TLS handshake record: the ClientHello
-                    child.send_signal(signum)
-                    assert child.wait(timeout=20) == 128 + signum
-                assert os.get_blocking(read_end)
-                assert b"Traceback" not in child.stderr.read()  # type: ignore[union-attr]
-            finally:
-                child.kill()
-                child.wait()
-                child.stderr.close()  # type: ignore[union-attr]
-        finally:
-            os.close(read_end)
-            os.close(write_end)
+        with connect_sharing_stdin(f"tls://127.0.0.1:{port}", "--timeout", "30") as (child, read_end):
+            listener.settimeout(20)
+            accepted, _ = listener.accept()
+            with accepted:
+                accepted.settimeout(20)
+                assert accepted.recv(1) == b"\x16"  # a TLS handshake record: the ClientHello
+                child.send_signal(signum)
+                assert child.wait(timeout=20) == 128 + signum
+            assert os.get_blocking(read_end)
+            assert b"Traceback" not in child.stderr.read()  # type: ignore[union-attr]
 
 
 # -- the smaller paths users take ------------------------------------------------------------

@@ -7,22 +7,12 @@ import os
 import socket
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 import greenflow
 from greenflow.listeners import Listener, listen_unix, listen_url
-
-
-@pytest.fixture
-def closing() -> Iterator[list[Listener]]:
-    made: list[Listener] = []
-    yield made
-    for listener in made:
-        listener.close()
-
 
 # -- Unix sockets report their final path, not the temporary bind name ----------------
 
