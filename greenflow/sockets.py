@@ -19,7 +19,7 @@ from gevent import socket as _gevent_socket
 from .addresses import format_address, numeric_address
 from .descriptors import DescriptorFlow, broken_error
 from .errors import BrokenError, FlowError
-from .flow import check_timeout, start_timer
+from .kit import check_timeout, start_timer
 
 __all__ = [
     "SocketFlow",
@@ -101,7 +101,7 @@ class SocketFlow(DescriptorFlow):
 
     def _get_addresses(self) -> tuple[object, object]:
         if self._addresses is None:
-            if self._closed:
+            if self.closed:
                 return (None, None)
             local, peer = self._names
             if local is None:

@@ -90,3 +90,28 @@ def test_selection_by_name() -> None:
     assert [w.name for w in chosen] == ["tcp_bulk", "pingpong"]
     with pytest.raises(SystemExit):
         select(all_workloads(quick=True), ["no_such_workload"])
+
+
+def test_only_cases_keeps_the_named_cases() -> None:
+    from benchmarks.suite import only_cases
+
+    chosen = only_cases(all_workloads(quick=True), ("greenflow",))
+    assert chosen and all(case.name.startswith("greenflow") for w in chosen for case in w.cases)
+    assert "writev_256" in {w.name for w in chosen}
+
+
+@pytest.mark.timeout(120)
+def test_compare_runs_both_sides_interleaved() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "benchmarks.compare", "HEAD", "pingpong", "--quick", "--runs", "2"],
+        capture_output=True,
+        text=True,
+        timeout=100,
+        cwd=ROOT,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "round 2/2 done" in result.stderr
+    line = next(line for line in result.stdout.splitlines() if line.strip().startswith("pingpong"))
+    before, after, ratio = line.split()[2:5]
+    assert float(before.replace(",", "")) > 0 and float(after.replace(",", "")) > 0
+    assert float(ratio) > 0
