@@ -84,6 +84,8 @@ from ._engine import (
     WRITE_CHUNK,
     EngineState,
     NeedInput,
+    OurEnding,
+    PeerEnding,
     TLSEngine,
     TLSEpoch,
 )
@@ -110,6 +112,9 @@ CLOSE_NOTIFY_TIMEOUT: Final = 0.1
 #: What the reader drains the engine's output with before it waits: enough
 #: for a handshake flight or an alert in one call.
 _PROBE_SIZE: Final = RECORD_SIZE + 4 * _RECORD_OVERHEAD
+#: The peer's endings after which ``unwrap`` can hand the flow back (a
+#: truncation counts only where it is allowed, else the read raised).
+_PEER_ENDED: Final = (PeerEnding.CLOSE_NOTIFY_RECEIVED, PeerEnding.TRUNCATED)
 
 
 class _GiveUpError(BaseException):
@@ -262,13 +267,13 @@ class TLSFlow(FlowAttributes, Flow):
         engine = self._engine
         # The common case first: a whole record may already be decrypted.
         try:
-            data = engine.recv(size)
+            data = engine.read_plaintext(size)
         except TLSError:
             self._send_alert()
             raise
         if data is not NEED_INPUT:
             return data
-        return self._read_loop(lambda: engine.recv(size), b"", "read")
+        return self._read_loop(lambda: engine.read_plaintext(size), b"", "read")
 
     def read_into(self, buffer: bytearray | memoryview) -> int:
         # Checked before the engine hands over any plaintext, which could not
@@ -280,13 +285,13 @@ class TLSFlow(FlowAttributes, Flow):
             return 0
         engine = self._engine
         try:
-            count = engine.recv_into(buffer)
+            count = engine.read_plaintext_into(buffer)
         except TLSError:
             self._send_alert()
             raise
         if count is not NEED_INPUT:
             return count
-        return self._read_loop(lambda: engine.recv_into(buffer), 0, "read_into")
+        return self._read_loop(lambda: engine.read_plaintext_into(buffer), 0, "read_into")
 
     def _read_loop(self, operation: Callable[[], _T | NeedInput], eof: _T, what: str) -> _T:
         """Receive ciphertext and retry ``operation`` until it answers."""
@@ -370,7 +375,7 @@ class TLSFlow(FlowAttributes, Flow):
                     # keep the buffer while it waits (idle memory matters).
                     self._stream_buffer = None
             if count:
-                self._engine.receive_data(data)
+                self._engine.receive_ciphertext(data)
             else:
                 self._engine.receive_eof()
         finally:
@@ -452,7 +457,7 @@ class TLSFlow(FlowAttributes, Flow):
         """Encrypt one chunk and hand its ciphertext to the underlying flow."""
         engine = self._engine
         while True:
-            sent = engine.send(chunk)
+            sent = engine.write_plaintext(chunk)
             if sent is NEED_INPUT:
                 # A renegotiation needs the peer's answer before more data.
                 self._queue_output(_PROBE_SIZE)
@@ -498,7 +503,7 @@ class TLSFlow(FlowAttributes, Flow):
     # -- moving ciphertext out (rule 2) ----------------------------------------------------
 
     def _queue_output(self, size_hint: int) -> bool:
-        data = self._engine.data_to_send(size_hint)
+        data = self._engine.ciphertext_to_send(size_hint)
         if data:
             self._outbox.append(data)
             return True
@@ -571,7 +576,7 @@ class TLSFlow(FlowAttributes, Flow):
                 self._write_shut = True
                 if self._write_error is None and self._engine.error is None:
                     try:
-                        self._engine.send_close_notify()
+                        self._engine.write_close_notify()
                     except TLSError as exc:
                         self._write_error = exc
                         self._send_alert()
@@ -617,7 +622,7 @@ class TLSFlow(FlowAttributes, Flow):
     def _try_close_notify(self) -> None:
         engine = self._engine
         if (
-            engine.sent_close_notify
+            engine.our_ending is not OurEnding.OPEN
             or engine.error is not None
             or self._write_error is not None
             or self._under_closed
@@ -625,7 +630,7 @@ class TLSFlow(FlowAttributes, Flow):
             or engine.state is not EngineState.OPEN
         ):
             return
-        engine.send_close_notify()
+        engine.write_close_notify()
         self._queue_output(_PROBE_SIZE)
         if self._send_lock.locked():
             # The background sender holds it (session tickets, say, that the
@@ -683,13 +688,13 @@ class TLSFlow(FlowAttributes, Flow):
         # The caller may write in the clear as soon as we return, so our
         # close_notify must be out first.
         self._send_outbox(wait=True)
-        while not self._engine.received_close_notify:
+        while self._engine.peer_ending not in _PEER_ENDED:
             data = self.read()
             if data:
                 raise TLSError(
                     f"cannot unwrap: the peer sent {len(data)} bytes of data instead of its close_notify"
                 )
-            if not self._engine.received_close_notify:
+            if self._engine.peer_ending not in _PEER_ENDED:
                 raise TLSError("cannot unwrap: this side shut down reading before the peer's close_notify")
         trailing = self._engine.unread_ciphertext()
         self._closed = True
