@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gevent
+import gevent.socket
 import pytest
 
 import greenflow
@@ -168,3 +169,53 @@ def test_context_option_errors() -> None:
     assert tls.default_client_context() is tls.default_client_context()
     with open(certs.ca, "rb") as file:
         tls.client_context(cadata=file.read())
+
+
+# -- certificates OpenSSL holds and cryptography cannot parse (issue 9) ----------------
+
+
+def test_a_certificate_that_does_not_parse_still_fails_as_a_certificate_error() -> None:
+    # One flipped byte in notBefore: the signature no longer verifies, and
+    # cryptography refuses the certificate, so the message cannot use it.
+    certs = shared_certs()
+    client_ctx, _ = contexts(certs)
+    mine, theirs = _both(client_ctx, tls.server_context(certs.bad_validity))
+    assert isinstance(mine, TLSCertificateError), mine
+    assert "did not verify" in str(mine) and "server's certificate" in str(mine)
+    assert mine.verify_code != 0
+    assert isinstance(theirs, TLSError) and "alert" in str(theirs)  # the alert was sent
+
+
+def test_a_hostname_mismatch_on_a_san_that_does_not_parse() -> None:
+    # CA-signed, so the chain verifies, but the SAN's DNS name holds a
+    # non-ASCII byte: the host name check fails, and the names cannot be read.
+    certs = shared_certs()
+    client_ctx, _ = contexts(certs)
+    mine, theirs = _both(client_ctx, tls.server_context(certs.bad_san))
+    assert isinstance(mine, TLSCertificateError), mine
+    assert "does not match the expected name 'localhost'" in str(mine)
+    assert "could not be read" in str(mine)
+    assert isinstance(theirs, TLSError) and "bad certificate" in str(theirs)
+
+
+def test_connect_tls_to_a_certificate_that_does_not_parse() -> None:
+    certs = shared_certs()
+    client_ctx, _ = contexts(certs)
+    server_ctx = tls.server_context(certs.bad_validity)
+    listener = gevent.socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(1)
+
+    def serve() -> object:
+        sock, _ = listener.accept()
+        return _outcome(lambda: tls.server(greenflow.from_socket(sock), server_ctx, handshake_timeout=5))
+
+    side = gevent.spawn(serve)
+    try:
+        port = listener.getsockname()[1]
+        with pytest.raises(TLSCertificateError, match="did not verify"):
+            tls.connect_tls("127.0.0.1", port, client_ctx, server_hostname="localhost", handshake_timeout=5)
+        assert isinstance(side.get(timeout=10), TLSError)
+    finally:
+        side.kill()
+        listener.close()

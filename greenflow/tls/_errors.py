@@ -145,14 +145,16 @@ def certificate_subject(cert: crypto.X509) -> str:
         return cert.to_cryptography().subject.rfc4514_string()
     except Exception:  # any parse failure: say what OpenSSL can
         pass
-    try:
-        parts = [
-            f"{key.decode('ascii', 'replace')}={value.decode('utf-8', 'replace')}"
-            for key, value in cert.get_subject().get_components()
-        ]
-    except Exception:  # nothing readable left
+    # pyOpenSSL's own X509Name is deprecated; OpenSSL's one-line form is
+    # the same information ("/O=.../CN=...").
+    name = _lib.X509_get_subject_name(cert._x509)
+    text = _lib.X509_NAME_oneline(name, _ffi.NULL, 0)
+    if text == _ffi.NULL:
         return "a subject that could not be read"
-    return ",".join(reversed(parts)) if parts else "an empty subject"
+    try:
+        return _ffi.string(text).decode("utf-8", "replace") or "an empty subject"
+    finally:
+        _lib.OPENSSL_free(text)
 
 
 def certificate_names(cert: crypto.X509) -> str:
