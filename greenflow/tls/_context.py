@@ -230,9 +230,12 @@ def _load_identity(context: SSL.Context, certfile: Path, keyfile: Path | None, w
             raise ValueError(
                 f"the private key in {key_name!r} does not belong to the certificate in {cert_name!r}"
             ) from exc
-        alone = "; if the key is in a file of its own, pass keyfile" if keyfile is None else ""
+        if keyfile is None:
+            what, alone = "certificate file", "; if the key is in a file of its own, pass keyfile"
+        else:
+            what, alone = "key file", ""
         raise ValueError(
-            f"the TLS {whose} key file {key_name!r} holds no PEM private key ({_openssl_says(exc)}){alone}"
+            f"the TLS {whose} {what} {key_name!r} holds no PEM private key ({_openssl_says(exc)}){alone}"
         ) from exc
 
 
