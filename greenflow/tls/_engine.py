@@ -274,6 +274,8 @@ class TLSEngine:
             # OpenSSL takes an empty expected name as "check no name", which
             # would accept any certificate the CA signed: refuse it.
             raise ValueError("server_hostname is empty; give the name to check, or None for no name")
+        if "\0" in server_hostname:
+            raise ValueError(f"server_hostname {server_hostname!r} contains a NUL byte")
         address = _parse_ip(server_hostname)
         if address is None:
             # SNI carries DNS names only (RFC 6066), in their ASCII form.
@@ -630,5 +632,5 @@ def _set_expected_host(
         _lib.X509_VERIFY_PARAM_set_hostflags(param, _lib.X509_CHECK_FLAG_NO_PARTIAL_WILDCARDS)
         encoded = _ascii_name(name)
         ok = _lib.X509_VERIFY_PARAM_set1_host(param, encoded, len(encoded))
-    if ok != 1:
+    if ok != 1:  # pragma: no cover - OpenSSL refuses only NUL bytes (refused above) or lacks memory
         raise ValueError(f"{name!r} is not a host name OpenSSL can check a certificate against")

@@ -149,7 +149,7 @@ def certificate_subject(cert: crypto.X509) -> str:
     # the same information ("/O=.../CN=...").
     name = _lib.X509_get_subject_name(cert._x509)
     text = _lib.X509_NAME_oneline(name, _ffi.NULL, 0)
-    if text == _ffi.NULL:
+    if text == _ffi.NULL:  # pragma: no cover - only when OpenSSL is out of memory
         return "a subject that could not be read"
     try:
         return _ffi.string(text).decode("utf-8", "replace") or "an empty subject"
