@@ -17,7 +17,7 @@ from gevent import socket as _gevent_socket
 
 from .descriptors import DescriptorFlow, broken_error
 from .errors import BrokenError, FlowError
-from .flow import check_timeout, start_timer
+from .kit import check_timeout, start_timer
 
 __all__ = [
     "SocketFlow",
@@ -88,7 +88,7 @@ class SocketFlow(DescriptorFlow):
 
     def _get_addresses(self) -> tuple[object, object]:
         if self._addresses is None:
-            if self._closed:
+            if self.closed:
                 return (None, None)
             try:
                 self._addresses = (self._sock.getsockname(), self._sock.getpeername())
