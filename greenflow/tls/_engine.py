@@ -140,6 +140,12 @@ _RECORD_OVERHEAD: Final = 512
 #: The buffer ``ciphertext_to_send`` drains the outgoing BIO with when it has
 #: no better idea: more than one chunk's ciphertext, so one call drains it.
 _DRAIN_SIZE: Final = WRITE_CHUNK + 4 * _RECORD_OVERHEAD
+#: Why a read first checks whether it is *starved* (no plaintext decrypted
+#: and not taken, no ciphertext fed and not processed, and no transport EOF
+#: to report): asking OpenSSL anyway costs a ``WantReadError`` (about 1.2 us
+#: in pyOpenSSL) on every read that finds nothing there, which is every read
+#: of a request/response exchange.
+#:
 #: Most plaintext one ``recv`` call asks for: OpenSSL returns at most one
 #: record per call anyway, so a larger request only costs a larger malloc.
 _READ_CHUNK: Final = 65536
@@ -370,7 +376,10 @@ class TLSEngine:
             self._check_open()
         peer = self._peer
         if peer is PeerEnding.OPEN:
-            if self._starved():
+            # Starved (see the note above _READ_CHUNK): nothing decrypted and not taken, nothing
+            # fed and not processed; the check is inline, as reads are hot.
+            conn = self._conn
+            if not _lib.SSL_pending(conn._ssl) and not _lib.BIO_get_mem_data(conn._into_ssl, _ffi.NULL):
                 return NEED_INPUT
         elif peer is not PeerEnding.TRANSPORT_EOF:
             return b""
@@ -390,7 +399,9 @@ class TLSEngine:
             self._check_open()
         peer = self._peer
         if peer is PeerEnding.OPEN:
-            if self._starved():
+            # Starved, as in read_plaintext.
+            conn = self._conn
+            if not _lib.SSL_pending(conn._ssl) and not _lib.BIO_get_mem_data(conn._into_ssl, _ffi.NULL):
                 return NEED_INPUT
         elif peer is not PeerEnding.TRANSPORT_EOF:
             return 0
@@ -403,18 +414,6 @@ class TLSEngine:
             return 0
         except BaseException as exc:
             self._raise_failure(exc, "session")
-
-    def _starved(self) -> bool:
-        """Whether a read can only want input: no plaintext decrypted and not
-        taken, no ciphertext fed and not processed (and, as the caller
-        checked, no transport EOF to report).
-
-        Checked first because asking OpenSSL anyway costs a ``WantReadError``
-        (about 1.2 us in pyOpenSSL), on every read that finds nothing there,
-        which is every read of a request/response exchange.
-        """
-        conn = self._conn
-        return not _lib.SSL_pending(conn._ssl) and not _lib.BIO_get_mem_data(conn._into_ssl, _ffi.NULL)
 
     def _input_may_come(self) -> bool:
         """After a read wanted input: True if it may come; False for a
