@@ -18,11 +18,13 @@ the file and what is wrong with it.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from collections.abc import Callable, Sequence
 
 from cryptography import x509
 from OpenSSL import SSL, crypto
+from OpenSSL._util import lib as _lib
 
 from ._errors import TLSError, reasons
 
@@ -252,3 +254,71 @@ def _protocol(name: str) -> bytes:
     if not 0 < len(encoded) < 256:
         raise ValueError(f"an ALPN protocol name must be 1 to 255 bytes, not {name!r}")
     return encoded
+
+
+# -- the server's name, per connection ------------------------------------------
+
+
+def expect_server(
+    conn: SSL.Connection, context: SSL.Context, server_hostname: str, *, check_hostname: bool
+) -> None:
+    """Set a client connection up for the server ``server_hostname``.
+
+    Sends it as SNI (a DNS name; not an IP address), and with
+    ``check_hostname`` makes OpenSSL check it against the certificate inside
+    the handshake, so that a wrong server fails *before* it is sent
+    anything, with an alert.
+
+    Raises:
+        ValueError: the name is empty or holds a NUL byte, or a check was
+            asked for on a context that does not verify certificates at all,
+            where it would silently do nothing.
+    """
+    if not server_hostname.strip():
+        # OpenSSL takes an empty expected name as "check no name", which
+        # would accept any certificate the CA signed: refuse it.
+        raise ValueError("server_hostname is empty; give the name to check, or None for no name")
+    if "\0" in server_hostname:
+        raise ValueError(f"server_hostname {server_hostname!r} contains a NUL byte")
+    address = _parse_ip(server_hostname)
+    if address is None:
+        # SNI carries DNS names only (RFC 6066), in their ASCII form.
+        conn.set_tlsext_host_name(_ascii_name(server_hostname))
+    if check_hostname:
+        if context.get_verify_mode() & SSL.VERIFY_PEER == 0:
+            raise ValueError(
+                "the context does not verify certificates, so the host name "
+                f"{server_hostname!r} cannot be checked; use a context that verifies "
+                "(greenflow.tls.client_context) or pass check_hostname=False"
+            )
+        _set_expected_host(conn, server_hostname, address)
+
+
+def _parse_ip(name: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    try:
+        return ipaddress.ip_address(name.strip("[]"))
+    except ValueError:
+        return None
+
+
+def _ascii_name(name: str) -> bytes:
+    try:
+        return name.encode("ascii")
+    except UnicodeEncodeError:
+        return name.encode("idna")
+
+
+def _set_expected_host(
+    conn: SSL.Connection, name: str, address: ipaddress.IPv4Address | ipaddress.IPv6Address | None
+) -> None:
+    """Make OpenSSL check the peer's name inside the handshake."""
+    param = _lib.SSL_get0_param(conn._ssl)
+    if address is not None:
+        packed = address.packed
+        ok = _lib.X509_VERIFY_PARAM_set1_ip(param, packed, len(packed))
+    else:
+        _lib.X509_VERIFY_PARAM_set_hostflags(param, _lib.X509_CHECK_FLAG_NO_PARTIAL_WILDCARDS)
+        encoded = _ascii_name(name)
+        ok = _lib.X509_VERIFY_PARAM_set1_host(param, encoded, len(encoded))
+    if ok != 1:  # pragma: no cover - OpenSSL refuses only NUL bytes (refused above) or lacks memory
+        raise ValueError(f"{name!r} is not a host name OpenSSL can check a certificate against")

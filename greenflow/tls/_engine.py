@@ -92,21 +92,22 @@ What pyOpenSSL does not expose
 ------------------------------
 
 A few things need OpenSSL functions that pyOpenSSL's public API lacks, and
-are done through its cffi bindings (``OpenSSL._util``), all in this module:
-whole (not partial) writes (``SSL_clear_mode``); the host name check
-inside the handshake (``X509_VERIFY_PARAM_set1_host``,
-so a wrong server fails *before* we send it anything, with an alert);
-whether a session was resumed (``SSL_session_reused``); the reason a
-certificate did not verify (``SSL_get_verify_result``); and taking back the
-ciphertext that follows the peer's close_notify out of the incoming BIO
-(``BIO_read`` on it), which is what ``unwrap`` returns for STARTTLS-style
-protocols.
+are done through its cffi bindings (``OpenSSL._util``): here, whole (not
+partial) writes (``SSL_clear_mode``), whether a session was resumed
+(``SSL_session_reused``), how much is buffered (``SSL_pending``,
+``BIO_get_mem_data``), and taking back the ciphertext that follows the
+peer's close_notify out of the incoming BIO (``BIO_read`` on it), which is
+what ``unwrap`` returns for STARTTLS-style protocols; in ``_context.py``,
+the host name check inside the handshake (``X509_VERIFY_PARAM_set1_host``,
+so a wrong server fails *before* we send it anything, with an alert); in
+``_errors.py``, the reason a certificate did not verify
+(``SSL_get_verify_result``) and a subject that ``cryptography`` cannot
+parse (``X509_NAME_oneline``).
 """
 
 from __future__ import annotations
 
 import enum
-import ipaddress
 from dataclasses import dataclass
 from typing import Final, NoReturn, cast
 
@@ -115,6 +116,7 @@ from OpenSSL import SSL
 from OpenSSL._util import ffi as _ffi
 from OpenSSL._util import lib as _lib
 
+from ._context import expect_server
 from ._errors import TLSCertificateError, TLSError, TLSTruncatedError, translate
 
 __all__ = [
@@ -274,26 +276,8 @@ class TLSEngine:
         conn.set_connect_state()
         if session is not None:
             conn.set_session(session)
-        if server_hostname is None:
-            return
-        if not server_hostname.strip():
-            # OpenSSL takes an empty expected name as "check no name", which
-            # would accept any certificate the CA signed: refuse it.
-            raise ValueError("server_hostname is empty; give the name to check, or None for no name")
-        if "\0" in server_hostname:
-            raise ValueError(f"server_hostname {server_hostname!r} contains a NUL byte")
-        address = _parse_ip(server_hostname)
-        if address is None:
-            # SNI carries DNS names only (RFC 6066), in their ASCII form.
-            conn.set_tlsext_host_name(_ascii_name(server_hostname))
-        if check_hostname:
-            if context.get_verify_mode() & SSL.VERIFY_PEER == 0:
-                raise ValueError(
-                    "the context does not verify certificates, so the host name "
-                    f"{server_hostname!r} cannot be checked; use a context that verifies "
-                    "(greenflow.tls.client_context) or pass check_hostname=False"
-                )
-            _set_expected_host(conn, server_hostname, address)
+        if server_hostname is not None:
+            expect_server(conn, context, server_hostname, check_hostname=check_hostname)
 
     def __repr__(self) -> str:
         side = "server" if self.server_side else "client"
@@ -600,36 +584,3 @@ class TLSEngine:
             raise self._fail(TLSError(f"TLS {phase} failed: {type(exc).__name__}: {exc}")) from exc
         self._fail(TLSError(f"TLS {phase} failed: interrupted by {type(exc).__name__} inside OpenSSL"))
         raise exc
-
-
-# -- helpers -----------------------------------------------------------------------------
-
-
-def _parse_ip(name: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
-    try:
-        return ipaddress.ip_address(name.strip("[]"))
-    except ValueError:
-        return None
-
-
-def _ascii_name(name: str) -> bytes:
-    try:
-        return name.encode("ascii")
-    except UnicodeEncodeError:
-        return name.encode("idna")
-
-
-def _set_expected_host(
-    conn: SSL.Connection, name: str, address: ipaddress.IPv4Address | ipaddress.IPv6Address | None
-) -> None:
-    """Make OpenSSL check the peer's name inside the handshake."""
-    param = _lib.SSL_get0_param(conn._ssl)
-    if address is not None:
-        packed = address.packed
-        ok = _lib.X509_VERIFY_PARAM_set1_ip(param, packed, len(packed))
-    else:
-        _lib.X509_VERIFY_PARAM_set_hostflags(param, _lib.X509_CHECK_FLAG_NO_PARTIAL_WILDCARDS)
-        encoded = _ascii_name(name)
-        ok = _lib.X509_VERIFY_PARAM_set1_host(param, encoded, len(encoded))
-    if ok != 1:  # pragma: no cover - OpenSSL refuses only NUL bytes (refused above) or lacks memory
-        raise ValueError(f"{name!r} is not a host name OpenSSL can check a certificate against")
