@@ -108,8 +108,9 @@ parse (``X509_NAME_oneline``).
 from __future__ import annotations
 
 import enum
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Final, NoReturn, cast
+from typing import Final, NoReturn, TypeVar, cast
 
 from cryptography import x509
 from OpenSSL import SSL
@@ -129,6 +130,9 @@ __all__ = [
     "TLSEngine",
     "TLSEpoch",
 ]
+
+_X = TypeVar("_X")
+_R = TypeVar("_R")
 
 #: The largest TLS record's plaintext.
 RECORD_SIZE: Final = 16384
@@ -356,46 +360,34 @@ class TLSEngine:
             TLSError: an alert, garbage, or a failed renegotiation.
             ValueError: the handshake has not completed.
         """
-        if self.state is not EngineState.OPEN:
-            self._check_open()
-        peer = self._peer
-        if peer is PeerEnding.OPEN:
-            # Starved (see the note above _READ_CHUNK): nothing decrypted and not taken, nothing
-            # fed and not processed; the check is inline, as reads are hot.
-            conn = self._conn
-            if not _lib.SSL_pending(conn._ssl) and not _lib.BIO_get_mem_data(conn._into_ssl, _ffi.NULL):
-                return NEED_INPUT
-        elif peer is not PeerEnding.TRANSPORT_EOF:
-            return b""
-        try:
-            return self._conn.recv(min(max_bytes, _READ_CHUNK))
-        except SSL.WantReadError:
-            return NEED_INPUT if self._input_may_come() else b""
-        except SSL.ZeroReturnError:
-            self._peer = PeerEnding.CLOSE_NOTIFY_RECEIVED
-            return b""
-        except BaseException as exc:
-            self._raise_failure(exc, "session")
+        return self._read(self._conn.recv, min(max_bytes, _READ_CHUNK), None, b"")
 
     def read_plaintext_into(self, buffer: bytearray | memoryview) -> int | NeedInput:
         """As :meth:`read_plaintext`, into ``buffer``; returns the count (0 at EOF)."""
+        return self._read(self._conn.recv_into, cast(bytearray, buffer), min(len(buffer), _READ_CHUNK), 0)
+
+    def _read(
+        self, recv: Callable[[_X, int | None], _R], first: _X, second: int | None, eof: _R
+    ) -> _R | NeedInput:
+        """A read with OpenSSL's ``recv`` or ``recv_into``: ``recv(first, second)``."""
         if self.state is not EngineState.OPEN:
             self._check_open()
         peer = self._peer
         if peer is PeerEnding.OPEN:
-            # Starved, as in read_plaintext.
+            # Starved (see the note above _READ_CHUNK): nothing decrypted and
+            # not taken, nothing fed and not processed.
             conn = self._conn
             if not _lib.SSL_pending(conn._ssl) and not _lib.BIO_get_mem_data(conn._into_ssl, _ffi.NULL):
                 return NEED_INPUT
         elif peer is not PeerEnding.TRANSPORT_EOF:
-            return 0
+            return eof
         try:
-            return self._conn.recv_into(cast(bytearray, buffer), min(len(buffer), _READ_CHUNK))
+            return recv(first, second)
         except SSL.WantReadError:
-            return NEED_INPUT if self._input_may_come() else 0
+            return NEED_INPUT if self._input_may_come() else eof
         except SSL.ZeroReturnError:
             self._peer = PeerEnding.CLOSE_NOTIFY_RECEIVED
-            return 0
+            return eof
         except BaseException as exc:
             self._raise_failure(exc, "session")
 

@@ -49,7 +49,6 @@ from ._pump import (
     Sending,
     TLSPump,
     TLSState,
-    bounded,
 )
 
 __all__ = ["CLOSE_NOTIFY_TIMEOUT", "RECEIVE_SIZE", "STREAM_BUFFER_SIZE", "TLSFlow"]
@@ -231,6 +230,8 @@ class TLSFlow(TLSPump):
         """What a write that did not finish raises; it breaks the direction."""
         writer = self._writer
         if isinstance(exc, BrokenError):
+            if isinstance(exc, TLSError):
+                self.send_alert()  # the engine's own call failed before the loop could send it
             writer.fail(exc)  # sticky: later writes say this one failed
         return writer.interrupted(exc, what)
 
@@ -327,16 +328,10 @@ class TLSFlow(TLSPump):
         ):
             return
         engine.write_close_notify()
-        self._outbox.append(engine.ciphertext_to_send())
-        if self._send_lock.locked():
-            # The background sender holds it (session tickets, say, that the
-            # peer has not read yet); it sends everything queued, in order,
-            # and _close_underlying gives it CLOSE_NOTIFY_TIMEOUT to finish.
-            return
-        with bounded(CLOSE_NOTIFY_TIMEOUT), self._send_lock:
-            outbox = self._outbox
-            while outbox:
-                self._under.write(outbox.popleft())
+        # If the background sender holds the lock (session tickets, say, that
+        # the peer has not read yet), it sends everything queued, in order,
+        # and _close_underlying gives it CLOSE_NOTIFY_TIMEOUT to finish.
+        self._send_bounded()
 
     def unwrap(self) -> tuple[Flow, bytes]:
         """End TLS and hand back the underlying flow, for STARTTLS protocols.

@@ -371,10 +371,7 @@ class TLSPump(FlowBase):
 
     def _send_in_background(self) -> None:
         try:
-            with self._send_lock:
-                outbox = self._outbox
-                while outbox:
-                    self._under.write(outbox.popleft())
+            self._send_waiting(None, "send")
         except FlowError as exc:
             if self._state in _UNDER_OPEN:
                 self._writer.fail(
@@ -393,19 +390,25 @@ class TLSPump(FlowBase):
     def send_alert(self) -> None:
         """Best effort: send the alert a failed engine left for the peer."""
         try:
-            if self._state not in _UNDER_OPEN:
-                return
-            data = self._engine.ciphertext_to_send(PROBE_SIZE)
-            if data:
-                self._outbox.append(data)
-            if self._send_lock.locked() or not self._outbox:
-                return  # its holder sends everything queued, the alert too
-            with bounded(CLOSE_NOTIFY_TIMEOUT), self._send_lock:
-                outbox = self._outbox
-                while outbox:
-                    self._under.write(outbox.popleft())
+            if self._state in _UNDER_OPEN:
+                self._send_bounded()
         except FlowError as exc:
             log.debug("could not send the TLS alert on %r: %s", self, exc)
+
+    def _send_bounded(self) -> None:
+        """Queue what the engine left and send it within CLOSE_NOTIFY_TIMEOUT.
+
+        For what is sent on the way out (an alert, close's close_notify),
+        where waiting long would be worse than not sending; nothing is sent
+        here if the lock's holder will send it anyway.
+        """
+        data = self._engine.ciphertext_to_send(PROBE_SIZE)
+        if data:
+            self._outbox.append(data)
+        if self._send_lock.locked() or not self._outbox:
+            return
+        with bounded(CLOSE_NOTIFY_TIMEOUT):
+            self._send_waiting(None, "send")
 
     # -- ending ------------------------------------------------------------------------
 
