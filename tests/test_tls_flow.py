@@ -73,6 +73,11 @@ def test_unwrap_returns_bytes_after_close_notify() -> None:
     assert got == b"plain text now"
     under_b, rest = side.get(timeout=5)
     assert rest == b""
+    assert "unwrapped" in repr(a)
+    a.close()  # handed back: closing the TLS flow leaves the underlying one to its new owner
+    assert not flow.closed
+    with pytest.raises(ClosedError):
+        a.unwrap()
     flow.close()
     under_b.close()
 
