@@ -16,7 +16,14 @@ import pytest
 
 from greenflow import BrokenError, ClosedError, Flow, FlowTimeout, socketpair
 from greenflow.flow import Buffer, Shutdown
-from greenflow.testing import MemoryFlow, MemoryPipe, check_flow_pair, lockstep_pair, memory_pair
+from greenflow.testing import (
+    MemoryFlow,
+    MemoryPipe,
+    check_flow_pair,
+    lockstep_pair,
+    memory_pair,
+    wait_all_blocked,
+)
 from greenflow.testing._memory import _pair
 
 from pairs import MEMORY_PAIRS
@@ -43,11 +50,11 @@ def test_memory_pair_buffer_is_bounded() -> None:
     a.write(b"0123456789")  # fits: returns at once
     assert a.outgoing.buffered_bytes == 10
     writing = gevent.spawn(a.write, b"abcdef")
-    gevent.sleep(0)
+    wait_all_blocked()
     assert not writing.ready(), "a write past the buffer did not wait for the reader"
     assert a.outgoing.pending_bytes == 6
     assert b.read(4) == b"0123"  # makes room for 4 of the 6 pending bytes
-    gevent.sleep(0)
+    wait_all_blocked()
     assert not writing.ready(), "the write returned with 2 bytes still pending"
     assert a.outgoing.pending_bytes == 2
     assert b.read() == b"456789abcdef"  # the buffer, then straight from the writer
@@ -57,10 +64,10 @@ def test_memory_pair_buffer_is_bounded() -> None:
 def test_lockstep_write_returns_only_when_read() -> None:
     a, b = lockstep_pair()
     writing = gevent.spawn(a.write, b"hello")
-    gevent.sleep(0)
+    wait_all_blocked()
     assert not writing.ready()
     assert b.read(2) == b"he"
-    gevent.sleep(0)
+    wait_all_blocked()
     assert not writing.ready(), "the write returned before all of it was read"
     assert b.read() == b"llo"
     writing.get(timeout=5)
@@ -84,7 +91,7 @@ def test_stall_released_from_another_greenlet() -> None:
     b.incoming.stalled = True
     a.write(b"later")
     reading = gevent.spawn(b.read)
-    gevent.sleep(0.01)
+    wait_all_blocked()
     assert not reading.ready()
     b.incoming.stalled = False
     assert reading.get(timeout=5) == b"later"
