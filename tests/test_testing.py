@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import time
 from collections.abc import Callable, Iterable
 
 import gevent
@@ -317,3 +318,79 @@ def test_an_unexpected_exception_fails_its_check_and_the_suite_goes_on() -> None
     message = str(caught.value)
     assert "unexpected NotImplementedError: read_into is not written yet" in message
     assert "of 24 flow contract checks failed" in message
+
+
+# -- the suite fails fast on flows that hang --------------------------------------------------
+
+
+class DropsTheTailOfLargeWrites(_Broken):
+    """Sends the first 64 KiB of each write and silently drops the rest."""
+
+    def write(self, data: Buffer) -> None:
+        super().write(memoryview(data).cast("B")[:65536])
+
+    def writev(self, buffers: Iterable[Buffer]) -> None:
+        self.write(b"".join(buffers))
+
+
+class WriteShutdownDoesNothing(_Broken):
+    def shutdown(self, how: Shutdown | str = Shutdown.WRITE) -> None:
+        if how not in (Shutdown.WRITE, "write"):
+            super().shutdown(how)
+
+
+class ReadNeverReturns(_Broken):
+    def read(self, max_bytes: int | None = None) -> bytes:
+        gevent.sleep(3600)
+        return b""
+
+    def read_into(self, buffer: bytearray | memoryview) -> int:
+        gevent.sleep(3600)
+        return 0
+
+
+def _run_timed(cls: type[MemoryFlow]) -> tuple[list[str], float]:
+    """The failure lines of a run with the default bounds, and how long it took."""
+    started = time.monotonic()
+    with pytest.raises(AssertionError) as caught:
+        check_flow_pair(_maker(cls))
+    elapsed = time.monotonic() - started
+    return [line for line in str(caught.value).splitlines() if line.startswith("- ")], elapsed
+
+
+HANGING = [
+    (
+        DropsTheTailOfLargeWrites,
+        ["one write much larger than any buffer reaches a slow reader whole", "data flows both ways, intact"],
+    ),
+    (WriteShutdownDoesNothing, ["shutdown('write') is a half-close; EOF is sticky"]),
+]
+
+
+@pytest.mark.parametrize(("cls", "checks"), HANGING, ids=[cls.__name__ for cls, _ in HANGING])
+def test_a_hanging_flow_is_reported_within_30_s(cls: type[MemoryFlow], checks: list[str]) -> None:
+    failing, elapsed = _run_timed(cls)
+    # A bound on a hang, not a speed claim: these runs took 131 s and 91 s
+    # when each check could hang for 30 s.
+    assert elapsed < 30, f"check_flow_pair took {elapsed:.1f} s to report {cls.__name__}"
+    for check in checks:
+        assert any(line.startswith(f"- {check}") for line in failing), f"{check!r} not named in {failing}"
+
+
+def test_a_flow_that_hangs_everywhere_is_reported_within_30_s_with_every_check() -> None:
+    failing, elapsed = _run_timed(ReadNeverReturns)
+    assert elapsed < 30, f"check_flow_pair took {elapsed:.1f} s on a flow whose reads never return"
+    hung = [line for line in failing if "did not finish within" in line]
+    # Every check but those that never read (argument checks, attributes,
+    # write errors) waits for a read; each is listed, with where it waited.
+    assert len(hung) >= 17, "\n".join(failing)
+    assert all("blocked at" in line for line in hung), "\n".join(hung)
+    assert any("0 of the 12 bytes written had come" in line for line in hung), "\n".join(hung)
+    assert any("cut from 5 s: earlier checks hung" in line for line in hung), "\n".join(hung)
+
+
+def test_check_timeout_and_hang_budget_must_be_positive() -> None:
+    with pytest.raises(ValueError, match="check_timeout must be a positive"):
+        check_flow_pair(memory_pair, check_timeout=0)
+    with pytest.raises(ValueError, match="hang_budget must be a positive"):
+        check_flow_pair(memory_pair, hang_budget=-1)

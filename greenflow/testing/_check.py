@@ -83,7 +83,7 @@ def check_flow_pair(
         if failure.hung:
             budget.spend(time.monotonic() - started)
         cut = (
-            f" (cut from {check_timeout:g} s: earlier checks hung)"
+            f" (cut from {check_timeout:.3g} s: earlier checks hung)"
             if failure.hung and budget.cut(bound)
             else ""
         )

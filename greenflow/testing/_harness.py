@@ -161,7 +161,7 @@ def _guarded(check: Check, context: Context) -> BaseException | None:
 
 
 def _hung(runner: Greenlet[..., BaseException | None], bound: float) -> Failure:
-    text = f"did not finish within {bound:g} s"
+    text = f"did not finish within {bound:.3g} s"
     error = runner.value if runner.ready() else None
     if error is None:  # the flow swallowed Hung, or let it go and returned
         stack = traceback.extract_stack(runner.gr_frame) if runner.gr_frame is not None else []
@@ -181,7 +181,8 @@ def _where(stack: traceback.StackSummary | list[traceback.FrameSummary]) -> str:
     text = f" (blocked at {inner.name}: `{inner.line}`"
     if ours[-1] + 1 < len(stack):
         call = stack[ours[-1] + 1]
-        text += f", in {call.name} at {Path(call.filename).name}:{call.lineno}"
+        if "gevent" not in Path(call.filename).parts:  # a wait inside gevent (a join) says so itself
+            text += f", in {call.name} at {Path(call.filename).name}:{call.lineno}"
     return text + ")"
 
 

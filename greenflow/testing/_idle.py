@@ -27,10 +27,12 @@ since nothing ran, nothing changed, and they are blocked still.
 greenlet trace function (``greenlet.settrace``) counts every switch into a
 greenlet that is neither the hub nor waiting here. A waiter starts a turn,
 notes the count, waits for the idle watcher, and returns if the count did not
-move; otherwise it tries again. Counting switches rather than reading the
-loop's pending and callback counts also covers what those counts miss: code
-that another idle watcher woke in the same turn, and loops (libuv) whose idle
-watchers do not wait for the other events.
+move and nothing else is pending in that turn; otherwise it tries again. The
+pending count matters because several idle watchers fire in the same turn:
+another greenlet waiting in ``gevent.idle()`` may be resumed just after this
+one, so this one must not return yet. Counting switches covers what the
+loop's counts miss: what the idle watchers resumed before this one did, and
+loops (libuv) whose idle watchers do not wait for the other events.
 
 Several greenlets may wait at once. Switches into waiters are not counted
 (each would otherwise keep the others from ever returning), and a waiter
@@ -138,10 +140,11 @@ def wait_all_blocked(timeout: float | None = 5.0) -> None:
     watch.join(me)
     timer.start()
     try:
+        loop = gevent.get_hub().loop
         while True:
             before = watch.moves
             gevent.idle()
-            if watch.moves == before:
+            if watch.moves == before and not loop.pendingcnt:
                 return
     except gevent.Timeout as exc:
         if exc is not timer:
