@@ -7,6 +7,7 @@ that the suite names what is wrong with each.
 
 from __future__ import annotations
 
+import contextlib
 import subprocess
 import sys
 import time
@@ -394,3 +395,23 @@ def test_check_timeout_and_hang_budget_must_be_positive() -> None:
         check_flow_pair(memory_pair, check_timeout=0)
     with pytest.raises(ValueError, match="hang_budget must be a positive"):
         check_flow_pair(memory_pair, hang_budget=-1)
+
+
+class SwallowsKills(_Broken):
+    """A read that catches everything thrown into it, thrice, before it gives up."""
+
+    def read(self, max_bytes: int | None = None) -> bytes:
+        for _ in range(3):
+            with contextlib.suppress(BaseException):
+                gevent.sleep(3600)
+        raise ClosedError("gave up")
+
+
+def test_a_flow_that_swallows_the_kill_does_not_hold_up_the_run() -> None:
+    started = time.monotonic()
+    with pytest.raises(AssertionError) as caught:
+        check_flow_pair(_maker(SwallowsKills), check_timeout=0.5, only=["data flows both ways"])
+    assert time.monotonic() - started < 5
+    assert "did not finish within 0.5 s, and went on when killed (blocked at read_exactly" in str(
+        caught.value
+    )

@@ -117,8 +117,10 @@ class Context:
 
     def settle(self) -> None:
         """Let every other greenlet run until it blocks (or ends)."""
+        left = self.time_left() - _SETTLE_MARGIN  # too little left: the bound ends it
         try:
-            wait_all_blocked(max(0.0, self.time_left() - _SETTLE_MARGIN))
+            with waiting_for("every other greenlet to block"):
+                wait_all_blocked(left if left > 0 else None)
         except TimeoutError as exc:
             raise AssertionError(f"the flow's greenlets never all blocked: {exc}") from exc
 
@@ -163,9 +165,11 @@ def _guarded(check: Check, context: Context) -> BaseException | None:
 def _hung(runner: Greenlet[..., BaseException | None], bound: float) -> Failure:
     text = f"did not finish within {bound:.3g} s"
     error = runner.value if runner.ready() else None
-    if error is None:  # the flow swallowed Hung, or let it go and returned
+    if error is None and not runner.ready():  # the flow caught Hung and went on waiting
         stack = traceback.extract_stack(runner.gr_frame) if runner.gr_frame is not None else []
-        return Failure(f"{text}, and went on after it was killed{_where(stack)}", None, hung=True)
+        return Failure(f"{text}, and went on when killed{_where(stack)}", None, hung=True)
+    if error is None:
+        return Failure(f"{text}; killed, it finished instead: the flow swallowed the kill", None, hung=True)
     notes = "".join(f"; {note}" for note in getattr(error, "__notes__", ()))
     if not isinstance(error, Hung):  # it failed as it was killed: that is what it saw
         return Failure(f"{text}{notes}; then, killed: {_describe(error)}", error, hung=True)
