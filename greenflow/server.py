@@ -111,7 +111,8 @@ from gevent import Greenlet, getcurrent
 from gevent.event import Event
 
 from .errors import FlowError
-from .flow import Flow, check_timeout
+from .flow import Flow
+from .kit import DirectionState, check_timeout
 from .listeners import DEFAULT_HANDSHAKE_TIMEOUT, Listener, listen_url
 from .sockets import SocketFlow
 
@@ -180,6 +181,9 @@ _SKIPPED_ERRORS: Final = frozenset(
 _FATAL_ERRORS: Final = frozenset({errno.EBADF, errno.EINVAL, errno.ENOTSOCK})
 
 
+_AT_EOF: Final = frozenset({DirectionState.EOF, DirectionState.SHUT})
+
+
 def _unread_input(flow: Flow) -> bool:
     """Whether the client sent bytes that nobody read (a close would reset).
 
@@ -187,7 +191,7 @@ def _unread_input(flow: Flow) -> bool:
     """
     while flow.underlying is not None:
         flow = flow.underlying
-    if not isinstance(flow, SocketFlow) or flow.closed or flow._read_eof:
+    if not isinstance(flow, SocketFlow) or flow.closed or flow._reader.state in _AT_EOF:
         return False
     try:
         return bool(flow.socket.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT))
