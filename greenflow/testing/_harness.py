@@ -146,7 +146,7 @@ def run_check(
         failure = _hung(runner, bound)
         runner.kill(block=False)  # a check that swallowed Hung: no more waiting for it
     try:
-        with gevent.Timeout(_GRACE, Hung):
+        with gevent.Timeout(2 * _GRACE, Hung):  # closing, then killing for _GRACE
             context.clean_up()
     except (Exception, Hung) as exc:
         what = "did not return" if isinstance(exc, Hung) else f"raised {type(exc).__name__}: {exc}"
