@@ -55,6 +55,7 @@ TESTING = {
     "check_flow_pair",
     "lockstep_pair",
     "memory_pair",
+    "wait_all_blocked",
 }
 
 

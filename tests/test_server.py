@@ -22,6 +22,7 @@ import greenflow
 from greenflow import BrokenError, ClosedError, Flow
 from greenflow.handlers import echo
 from greenflow.server import Server, idle
+from greenflow.testing import wait_all_blocked
 
 from pairs import has_ipv6
 
@@ -224,7 +225,7 @@ def test_connection_limit_holds_and_accepting_resumes(serve: Callable[..., Serve
     # At the limit: the rest wait in the backlog, not accepted and dropped.
     assert server.active_connections == limit
     assert not server.accepting
-    gevent.sleep(0.1)  # give a wrong implementation the chance to overshoot
+    wait_all_blocked()  # give a wrong implementation the chance to overshoot
     assert server.active_connections == limit
     assert sum(1 for g in greenlets if g.ready()) == 0
     release.set()

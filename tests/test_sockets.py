@@ -17,7 +17,7 @@ import pytest
 
 import greenflow
 from greenflow import BrokenError, ClosedError, Flow, FlowTimeout, SocketFlow
-from greenflow.testing import check_flow_pair
+from greenflow.testing import check_flow_pair, wait_all_blocked
 
 from pairs import SOCKET_PAIRS, clogged, tcp_pair, unix_pair
 
@@ -95,7 +95,7 @@ def test_reset_wakes_a_blocked_reader() -> None:
     client, server = tcp_pair()
     with client:
         reading = gevent.spawn(client.read)
-        gevent.sleep(0.01)
+        wait_all_blocked()
         _reset(server)
         with pytest.raises(BrokenError):
             reading.get(timeout=5)
@@ -358,7 +358,7 @@ def test_close_in_the_same_loop_turn_as_readiness_wins() -> None:
 
         closing = gevent.spawn(closer)
         reading = gevent.spawn(reader)
-        gevent.sleep(0.01)  # both parked on their watchers
+        wait_all_blocked()  # both parked on their watchers
         # Both descriptors ready before the loop polls again; libev invokes
         # the later one's watcher first, so the closer runs first.
         b.socket.send(b"data")
@@ -448,11 +448,11 @@ def test_close_after_the_descriptor_vanished_logs_instead_of_crashing_the_hub(
 
     with b:
         reading = gevent.spawn(reader)
-        gevent.sleep(0.01)  # parked on its watcher
+        wait_all_blocked()  # parked on its watcher
         os.close(a.socket.fileno())  # behind the flow's back
         a.close()
         assert isinstance(reading.get(timeout=5), ClosedError)
-        gevent.sleep(0.01)  # the deferred release has run
+        wait_all_blocked()  # the deferred release has run
         a.socket.detach()
     errors = capfd.readouterr().err
     assert "Traceback" not in errors, errors

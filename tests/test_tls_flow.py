@@ -12,7 +12,7 @@ import pytest
 
 import greenflow
 from greenflow import BrokenError, ClosedError, FlowTimeout, tls
-from greenflow.testing import check_flow_pair, lockstep_pair, memory_pair
+from greenflow.testing import check_flow_pair, lockstep_pair, memory_pair, wait_all_blocked
 from greenflow.tls import TLSError, TLSFlow
 
 from pairs import tcp_pair, unix_pair
@@ -176,7 +176,7 @@ def test_read_timeout_loses_nothing_and_busy() -> None:
     assert a.read() == b"later"
     a.timeout = None
     reader = gevent.spawn(a.read)
-    gevent.sleep(0)
+    wait_all_blocked()
     with pytest.raises(greenflow.BusyError):
         a.read()
     a.close()
@@ -215,7 +215,7 @@ def test_stream_buffer_only_while_streaming() -> None:
         assert received == data
         assert saw_buffer, "a bulk transfer never used the reused buffer"
         idle = gevent.spawn(a.read)
-        gevent.sleep(0.05)  # parked, waiting for data that does not come
+        wait_all_blocked()  # parked, waiting for data that does not come
         assert not idle.ready()
         assert _stream_buffers_held() == 0, "an idle TLS flow holds its 256 KiB receive buffer"
         b.write(b"wake")
@@ -239,11 +239,11 @@ def test_a_write_never_reports_bytes_it_did_not_send(ending: str) -> None:
     raw = client.underlying
     assert raw is not None
     try:
-        gevent.sleep(0.01)  # the server's sender blocks on the tickets: lockstep moves nothing unread
+        wait_all_blocked()  # the server's sender blocks on the tickets: lockstep moves nothing unread
         writing = gevent.spawn(server.write, b"important data" * 100)
-        gevent.sleep(0.01)
+        wait_all_blocked()
         assert raw.read(65536)  # the tickets: the sender moves on to the write's records
-        gevent.sleep(0.01)
+        wait_all_blocked()
         if ending == "close":
             server.close()
             with pytest.raises(ClosedError):
@@ -333,10 +333,11 @@ def test_shutdown_read_write_wakes_the_reader_even_when_the_write_half_times_out
     client, server = _tls_pair("TLSv1.3", make=lockstep_pair)
     try:
         # Let the tickets through first: the server's sender is blocked on them.
+        wait_all_blocked()
         assert client.underlying.read(65536)  # type: ignore[union-attr]
-        gevent.sleep(0.01)
+        wait_all_blocked()
         reading = gevent.spawn(client.read)
-        gevent.sleep(0.01)
+        wait_all_blocked()
         client.timeout = 0.2
         with pytest.raises(FlowTimeout):
             client.shutdown("read_write")  # the silent lockstep peer never takes the close_notify
