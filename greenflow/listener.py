@@ -175,12 +175,9 @@ class Listener:
         if self._waiters:
             # The descriptor is closed only once the watchers on it are.
             waiters, self._waiters = list(self._waiters), set()
-            get_hub().cancel_waits_close_and_then(waiters, _ListenerClosed, self._release)
+            get_hub().cancel_waits_close_and_then(waiters, _ListenerClosed, self._socket.close)
         else:
-            self._release()
-
-    def _release(self) -> None:
-        self._socket.close()
+            self._socket.close()
         if self._unlink is not None:
             path, device, inode = self._unlink
             try:
