@@ -7,6 +7,7 @@ see README.md in this folder.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime
 import importlib
 import resource
@@ -75,6 +76,16 @@ def select(workloads: list[Workload], names: list[str]) -> list[Workload]:
     return [w for w in workloads if w.name in names or w.family in names]
 
 
+def only_cases(workloads: list[Workload], prefixes: tuple[str, ...]) -> list[Workload]:
+    """The workloads with only the cases named by ``prefixes`` (workloads left empty dropped)."""
+    kept = []
+    for workload in workloads:
+        cases = [case for case in workload.cases if case.name.startswith(prefixes)]
+        if cases:
+            kept.append(dataclasses.replace(workload, cases=cases))
+    return kept
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m benchmarks",
@@ -93,6 +104,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         " (default: this folder for a full run of every workload; nowhere otherwise)",
     )
     parser.add_argument("--no-output", action="store_true", help="write no files")
+    parser.add_argument(
+        "--cases",
+        action="append",
+        metavar="PREFIX",
+        help="run only the cases whose name starts with PREFIX (repeatable; e.g. greenflow)",
+    )
+    parser.add_argument("--json", type=Path, metavar="FILE", help="also write every row to FILE as JSON")
     parser.add_argument("--list", action="store_true", help="list the workloads and their cases, then exit")
     args = parser.parse_args(argv)
     if args.runs is not None and args.runs < 1:
@@ -108,6 +126,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{workload.name}: {', '.join(case.name for case in workload.cases)}")
         return 0
     chosen = select(everything, args.workloads)
+    if args.cases:
+        chosen = only_cases(chosen, tuple(args.cases))
     runs = args.runs if args.runs is not None else (1 if args.quick else 5)
     output = args.output_dir
     if output is None and not args.quick and not args.workloads and not args.no_output:
@@ -157,6 +177,8 @@ def main(argv: list[str] | None = None) -> int:
             output / "RESULTS.md", meta=meta, workloads=chosen, results=results, targets=TARGETS, chart=chart
         )
         log_to_stderr(f"wrote {output / 'RESULTS.md'}" + (f" and {output / chart}" if chart else ""))
+    if args.json is not None:
+        write_json(args.json, meta, [row for rows in results.values() for row in rows])
     errors = [row for rows in results.values() for row in rows if row.error]
     return 1 if errors else 0
 

@@ -29,31 +29,28 @@ afterwards gets ``EBADF``, which becomes :class:`BrokenError`.
 from __future__ import annotations
 
 import errno
+import logging
 import os
 import socket
-from collections.abc import Iterable
-from typing import Any, NoReturn, Protocol
+from collections.abc import Callable, Iterable
+from typing import Any, Final, Protocol, TypeVar
 
 from gevent import get_hub as _get_hub
 
-from .errors import BrokenError, ClosedError, FlowError, FlowTimeout
-from .flow import (
-    DEFAULT_READ_SIZE,
-    MAX_READ_SIZE,
-    Buffer,
-    Flow,
-    FlowAttributes,
-    Shutdown,
-    begin_shutdown,
+from .errors import BrokenError, FlowError
+from .flow import DEFAULT_READ_SIZE, Buffer, Shutdown
+from .kit import (
+    Direction,
+    DirectionState,
+    FlowBase,
+    check_buffers,
     check_bytes_like,
-    check_max_bytes,
-    check_timeout,
+    check_read_size,
+    check_writable_buffer,
     closed_error,
-    log,
-    refuse_read,
-    refuse_write,
-    start_timer,
 )
+
+log = logging.getLogger("greenflow")
 
 __all__ = ["DescriptorFlow", "broken_error"]
 
@@ -67,6 +64,9 @@ except (AttributeError, ValueError, OSError):  # pragma: no cover - not Linux
 #: writev joins the buffers into one send below this total size: a copy of a
 #: few KiB is cheaper than the gather bookkeeping (performance notes, point 2).
 _JOIN_BELOW = 4096
+_CLOSED: Final = DirectionState.CLOSED
+_SHUT: Final = DirectionState.SHUT
+_R = TypeVar("_R", bytes, int)
 
 
 class _WokenByClose(Exception):
@@ -89,124 +89,78 @@ class _Transport(Protocol):
     def sendmsg(self, buffers: list[memoryview], ancdata: tuple[()], flags: int, /) -> int: ...
 
 
-class DescriptorFlow(FlowAttributes, Flow):
+class DescriptorFlow(FlowBase):
     """A flow over non-blocking descriptors whose system calls it makes itself.
 
     The machinery shared by :class:`~greenflow.SocketFlow` and
-    :class:`~greenflow.PipeFlow`: the busy checks, sticky errors, per-call
-    timers, and waking parked greenlets on ``close`` and ``shutdown("read")``.
-    Subclasses provide the transport (an object with ``recv``, ``recv_into``,
-    ``send`` and ``sendmsg`` as a socket has them), the descriptor to wait on
-    for each direction, and how to end writing and release everything.
+    :class:`~greenflow.PipeFlow`: the system calls and their waits, and
+    waking parked greenlets on ``close`` and ``shutdown("read")``; the state
+    of each direction, its busy guard and its timer are a
+    :class:`~greenflow.kit.Direction`. Subclasses provide the transport (an
+    object with ``recv``, ``recv_into``, ``send`` and ``sendmsg`` as a socket
+    has them), the descriptor to wait on for each direction, and how to end
+    writing and release everything.
     """
 
-    __slots__ = (
-        "_closed",
-        "_fd",
-        "_hub",
-        "_read_eof",
-        "_read_error",
-        "_read_watcher",
-        "_reading",
-        "_sock",
-        "_timeout",
-        "_write_error",
-        "_write_fd",
-        "_write_shut",
-        "_write_watcher",
-        "_writing",
-    )
+    __slots__ = ("_fd", "_hub", "_read_watcher", "_sock", "_write_fd", "_write_watcher")
 
     def __init__(self, transport: _Transport, read_fd: int, write_fd: int, timeout: float | None) -> None:
+        super().__init__(timeout=timeout)
         self._sock = transport
         self._fd = read_fd
         self._write_fd = write_fd
         self._hub = _get_hub()
         self._read_watcher: Any = None
         self._write_watcher: Any = None
-        self._timeout = check_timeout(timeout)
-        self._closed = False
-        self._reading = False
-        self._writing = False
-        self._read_eof = False  # EOF seen, or this side shut down reading
-        self._write_shut = False
-        self._read_error: BrokenError | None = None
-        self._write_error: BrokenError | None = None
 
     def __repr__(self) -> str:
-        state = "closed" if self._closed else f"fd={self._fd}"
+        state = "closed" if self.closed else f"fd={self._fd}"
         return f"<{type(self).__name__} {state} {self._describe()}>"
 
     # -- reading ---------------------------------------------------------------
 
     def read(self, max_bytes: int | None = None) -> bytes:
-        size = DEFAULT_READ_SIZE if max_bytes is None else min(check_max_bytes(max_bytes), MAX_READ_SIZE)
-        if self._reading or self._closed or self._read_eof or self._read_error:
-            if self._enter_read("read"):
-                return b""
-        self._reading = True
-        timer = None
-        try:
-            while True:
-                try:
-                    data = self._sock.recv(size)
-                except BlockingIOError:
-                    if timer is None and self._timeout is not None:
-                        timer = start_timer(self._timeout, "read")
-                    if self._wait_readable():
-                        return b""
-                    continue
-                except InterruptedError:
-                    continue
-                except OSError as exc:
-                    raise self._read_failed(exc) from exc
-                if not data:
-                    self._read_eof = True
-                return data
-        finally:
-            self._reading = False
-            if timer is not None:
-                timer.close()
+        size = DEFAULT_READ_SIZE if max_bytes is None else check_read_size(max_bytes)
+        return self._receive(self._sock.recv, size, b"", "read")
 
     def read_into(self, buffer: bytearray | memoryview) -> int:
-        if not buffer:
-            raise ValueError("read_into needs a buffer with room for at least one byte")
-        if self._reading or self._closed or self._read_eof or self._read_error:
-            if self._enter_read("read_into"):
-                return 0
-        self._reading = True
-        timer = None
+        try:
+            if buffer and (type(buffer) is bytearray or memoryview(buffer).nbytes):
+                return self._receive(self._sock.recv_into, buffer, 0, "read_into")
+        except (TypeError, BufferError):
+            pass  # the system call refused the buffer before taking any data
+        # Empty, not a writable buffer (both raise here), or strided: read
+        # into a contiguous block and copy.
+        view = check_writable_buffer(buffer)
+        data = self._receive(self._sock.recv, min(view.nbytes, DEFAULT_READ_SIZE), b"", "read_into")
+        view[: len(data)] = data
+        return len(data)
+
+    def _receive(self, call: Callable[[Any], _R], argument: object, eof: _R, what: str) -> _R:
+        """Make the reading system call until it gives data or EOF, waiting on EAGAIN."""
+        reader = self._reader
+        if reader.enter(what):
+            return eof
         try:
             while True:
                 try:
-                    count = self._sock.recv_into(buffer)
+                    result = call(argument)
                 except BlockingIOError:
-                    if timer is None and self._timeout is not None:
-                        timer = start_timer(self._timeout, "read_into")
-                    if self._wait_readable():
-                        return 0
+                    reader.arm(self._timeout, what)
+                    if self._wait_readable(what):
+                        return eof
                     continue
                 except InterruptedError:
                     continue
                 except OSError as exc:
-                    raise self._read_failed(exc) from exc
-                if not count:
-                    if not memoryview(buffer).nbytes:  # len() > 0 but no bytes: not EOF
-                        raise ValueError("read_into needs a buffer with room for at least one byte")
-                    self._read_eof = True
-                return count
+                    raise self._read_failed(exc, what) from exc
+                if not result:
+                    reader.end()
+                return result
         finally:
-            self._reading = False
-            if timer is not None:
-                timer.close()
+            reader.leave()
 
-    def _enter_read(self, what: str) -> bool:
-        """The slow checks before a read; True means "return EOF now"."""
-        return refuse_read(
-            what, closed=self._closed, reading=self._reading, at_eof=self._read_eof, error=self._read_error
-        )
-
-    def _wait_readable(self) -> bool:
+    def _wait_readable(self, what: str) -> bool:
         """Park until the fd is readable; True means reading was shut down."""
         watcher = self._read_watcher
         if watcher is None:
@@ -214,106 +168,85 @@ class DescriptorFlow(FlowAttributes, Flow):
         try:
             self._hub.wait(watcher)
         except _WokenByClose:
-            raise closed_error("read") from None
+            raise closed_error(what) from None
         except _WokenByReadShutdown:
             return True
         # The descriptor may have become ready in the same loop turn in which
         # another greenlet closed the flow or shut down reading, before the
-        # wake-up callback ran: the flags, not the watcher, have the last word.
-        if self._closed:
-            raise closed_error("read")
-        return self._read_eof
+        # wake-up callback ran: the state, not the watcher, has the last word.
+        state = self._reader.state
+        if state is _CLOSED:
+            raise closed_error(what)
+        return state is _SHUT
 
-    def _read_failed(self, exc: OSError) -> FlowError:
-        if self._closed:
-            return closed_error("read")
-        error = self._broken(exc, "reading")
-        self._read_error = error
-        return error
+    def _read_failed(self, exc: OSError, what: str) -> FlowError:
+        reader = self._reader
+        if reader.state is _CLOSED:
+            return closed_error(what)
+        return reader.fail(self._broken(exc, "reading"))
 
     # -- writing ---------------------------------------------------------------
 
     def write(self, data: Buffer) -> None:
-        if self._writing or self._closed or self._write_shut or self._write_error:
-            self._enter_write("write")
-        if type(data) is not bytes:
-            data = check_bytes_like(data)
-        self._write_bytes(data)
+        writer = self._writer
+        writer.enter("write")
+        try:
+            if type(data) is not bytes:
+                data = check_bytes_like(data)  # TypeError: nothing was sent
+            self._send(writer, data, "write")
+        finally:
+            writer.leave()
 
     def writev(self, buffers: Iterable[Buffer]) -> None:
-        if self._writing or self._closed or self._write_shut or self._write_error:
-            self._enter_write("writev")
-        if type(buffers) is not list and type(buffers) is not tuple:
-            buffers = list(buffers)
-        total = 0
-        for buffer in buffers:
-            total += len(buffer)  # items, not bytes, for odd formats: it only picks the path
-        if total < _JOIN_BELOW:
-            # A small message: one copy and one send beat gather I/O.
-            try:
-                data = b"".join(buffers)
-            except TypeError:  # a strided view, or not bytes-like: say which
-                data = b"".join([check_bytes_like(b) for b in buffers])
-            self._write_bytes(data)
-            return
-        views = [check_bytes_like(b) for b in buffers]
-        self._writing = True
+        writer = self._writer
+        writer.enter("writev")
         try:
-            self._sendmsg_all(views)
-        except BaseException as exc:
-            error = self._write_interrupted(exc)
-            if error is exc:
-                raise
-            raise error from exc
+            if type(buffers) is not list and type(buffers) is not tuple:
+                buffers = check_buffers(buffers)
+            try:
+                # Items, not bytes, for odd formats: the total only picks the path.
+                small = sum(map(len, buffers)) < _JOIN_BELOW
+            except TypeError:
+                buffers = check_buffers(buffers)  # raises for what is not bytes-like
+                small = sum(view.nbytes for view in buffers) < _JOIN_BELOW
+            if small:
+                # A small message: one copy and one send beat gather I/O.
+                try:
+                    data = b"".join(buffers)
+                except TypeError:  # a strided view: check_buffers copies it
+                    data = b"".join(check_buffers(buffers))
+                self._send(writer, data, "writev")
+            else:
+                self._send_views(writer, [check_bytes_like(b) for b in buffers])
         finally:
-            self._writing = False
+            writer.leave()
 
-    def _write_bytes(self, data: bytes | memoryview) -> None:
+    def _send(self, writer: Direction, data: bytes | memoryview, what: str) -> None:
         """Send all of ``data`` (a flat byte view): try once, then wait and loop."""
-        self._writing = True
+        send = self._sock.send
         try:
             try:
-                sent = self._sock.send(data, _NOSIGNAL)
+                sent = send(data, _NOSIGNAL)
             except BlockingIOError:
                 sent = 0
-            if sent != len(data):
-                self._send_rest(memoryview(data)[sent:], "write")
-        except BaseException as exc:
-            error = self._write_interrupted(exc)
-            if error is exc:
-                raise
-            raise error from exc
-        finally:
-            self._writing = False
-
-    def _enter_write(self, what: str) -> NoReturn:
-        refuse_write(
-            what, closed=self._closed, writing=self._writing, shut=self._write_shut, error=self._write_error
-        )
-
-    def _send_rest(self, view: memoryview, what: str) -> None:
-        timer = None
-        try:
+            view = memoryview(data)[sent:] if sent != len(data) else None
             while view:
                 try:
-                    sent = self._sock.send(view, _NOSIGNAL)
+                    sent = send(view, _NOSIGNAL)
                 except BlockingIOError:
-                    if timer is None and self._timeout is not None:
-                        timer = start_timer(self._timeout, what)
-                    self._wait_writable()
+                    writer.arm(self._timeout, what)
+                    self._wait_writable(what)
                     continue
                 except InterruptedError:
                     continue
                 view = view[sent:]
-        finally:
-            if timer is not None:
-                timer.close()
+        except BaseException as exc:
+            raise self._write_interrupted(writer, exc, what) from exc
 
-    def _sendmsg_all(self, views: list[memoryview]) -> None:
+    def _send_views(self, writer: Direction, views: list[memoryview]) -> None:
         # gevent's sendmsg tries once, waits once and may return a short
         # count; this loop owns the retries, drops what was sent and slices
         # the first buffer that was sent in part.
-        timer = None
         first = 0
         try:
             while first < len(views):
@@ -321,9 +254,8 @@ class DescriptorFlow(FlowAttributes, Flow):
                 try:
                     sent = self._sock.sendmsg(batch, (), _NOSIGNAL)
                 except BlockingIOError:
-                    if timer is None and self._timeout is not None:
-                        timer = start_timer(self._timeout, "writev")
-                    self._wait_writable()
+                    writer.arm(self._timeout, "writev")
+                    self._wait_writable("writev")
                     continue
                 except InterruptedError:
                     continue
@@ -332,60 +264,47 @@ class DescriptorFlow(FlowAttributes, Flow):
                     first += 1
                 if sent:
                     views[first] = views[first][sent:]
-        finally:
-            if timer is not None:
-                timer.close()
+        except BaseException as exc:
+            raise self._write_interrupted(writer, exc, "writev") from exc
 
-    def _wait_writable(self) -> None:
+    def _wait_writable(self, what: str) -> None:
         watcher = self._write_watcher
         if watcher is None:
             watcher = self._write_watcher = self._hub.loop.io(self._write_fd, _WRITE)
         try:
             self._hub.wait(watcher)
         except _WokenByClose:
-            raise closed_error("write") from None
-        if self._closed:  # closed in the turn the descriptor became ready
-            raise closed_error("write")
+            raise closed_error(what) from None
+        if self._writer.state is _CLOSED:  # closed in the turn the descriptor became ready
+            raise closed_error(what)
 
-    def _write_interrupted(self, exc: BaseException) -> BaseException:
-        """Mark the writing direction broken after a write that did not finish.
+    def _write_interrupted(self, writer: Direction, exc: BaseException, what: str) -> BaseException:
+        """What a write that did not finish raises; the writing direction breaks.
 
-        Returns what the write raises: ``ClosedError`` if this side closed the
-        flow, a ``BrokenError`` for an OS error, and otherwise (timeouts,
-        kills) the interrupting exception itself.
+        ``ClosedError`` if this side closed the flow, a ``BrokenError`` for an
+        OS error, and otherwise (timeouts, kills) the interrupting exception
+        itself.
         """
-        if self._closed:
-            return exc if isinstance(exc, ClosedError) else closed_error("write")
-        if isinstance(exc, OSError) and not isinstance(exc, FlowError):
-            error = self._broken(exc, "writing to")
-            self._write_error = error
-            return error
-        if self._write_error is None:
-            kind = "timed out" if isinstance(exc, FlowTimeout) else f"was interrupted ({type(exc).__name__})"
-            self._write_error = BrokenError(f"a write {kind} and may have sent part of its data")
-        return exc
+        if isinstance(exc, OSError) and not isinstance(exc, FlowError) and writer.state is not _CLOSED:
+            return writer.fail(self._broken(exc, "writing to"))
+        return writer.interrupted(exc, what)
 
     # -- ending ----------------------------------------------------------------
 
     def shutdown(self, how: Shutdown | str = Shutdown.WRITE) -> None:
-        how = begin_shutdown(how, closed=self._closed, writing=self._writing, write_shut=self._write_shut)
-        if how.writes and not self._write_shut:
-            self._write_shut = True
+        how = self.begin_shutdown(how)
+        if how.writes and self._writer.shut():
             try:
                 self._end_writing()
             except OSError as exc:
-                error = self._broken(exc, "shutting down writing on")
-                self._write_error = error
-                raise error from exc
-        if how.reads and not self._read_eof:
-            self._read_eof = True
-            if self._reading and self._read_watcher is not None:
-                self._hub.cancel_wait(self._read_watcher, _WokenByReadShutdown)
+                raise self._writer.fail(self._broken(exc, "shutting down writing on")) from exc
+        reader = self._reader
+        if how.reads and reader.shut() and reader.busy and self._read_watcher is not None:
+            self._hub.cancel_wait(self._read_watcher, _WokenByReadShutdown)
 
     def close(self) -> None:
-        if self._closed:
+        if not self.mark_closed():
             return
-        self._closed = True
         watchers = (self._read_watcher, self._write_watcher)
         self._read_watcher = self._write_watcher = None
         try:

@@ -5,8 +5,8 @@ flow a user writes, is a subclass of :class:`Flow` and behaves as its
 docstrings say; implementations document only what they add. The design note
 ``flow-contract.md`` is the longer form of the same text.
 
-It also holds the few helpers every implementation needs in the same way
-(argument checks, the per-call timer), so that the rules are written once.
+The helpers every implementation needs in the same way (direction state,
+argument checks, refusals, the per-call timer) are in :mod:`greenflow.kit`.
 """
 
 from __future__ import annotations
@@ -14,15 +14,14 @@ from __future__ import annotations
 import abc
 import enum
 import logging
-import math
 import operator
 from collections.abc import Iterable
 from types import TracebackType
-from typing import Final, NoReturn
+from typing import Final
 
 import gevent
 
-from .errors import BrokenError, BusyError, ClosedError, FlowError, FlowTimeout
+from .errors import FlowError
 
 __all__ = ["DEFAULT_READ_SIZE", "Buffer", "Flow", "Shutdown"]
 
@@ -309,35 +308,7 @@ class _GracefulTimeout(BaseException):
     """close_gracefully's own deadline, told apart from any other timeout."""
 
 
-class FlowAttributes:
-    """``closed`` and ``timeout`` kept in ``_closed`` and ``_timeout``.
-
-    A mixin for flows that store them so (list it before :class:`Flow`);
-    the setter validates the timeout.
-    """
-
-    __slots__ = ()
-    _closed: bool
-    _timeout: float | None
-
-    @property
-    def closed(self) -> bool:
-        """Whether :meth:`Flow.close` has been called on this flow."""
-        return self._closed
-
-    @property
-    def timeout(self) -> float | None:
-        """Seconds each blocking call may take, or ``None`` for no limit."""
-        return self._timeout
-
-    @timeout.setter
-    def timeout(self, value: float | None) -> None:
-        # The slot is the subclass's: this mixin must declare none, or it
-        # would clash with the subclass's layout.
-        self._timeout = check_timeout(value)  # type: ignore[misc]
-
-
-# -- helpers shared by every implementation --------------------------------------
+# -- the one argument rule the base class itself needs --------------------------
 
 
 def check_max_bytes(max_bytes: int | None, default: int = DEFAULT_READ_SIZE) -> int:
@@ -348,130 +319,3 @@ def check_max_bytes(max_bytes: int | None, default: int = DEFAULT_READ_SIZE) -> 
     if size < 1:
         raise ValueError(f"max_bytes must be at least 1, not {size}")
     return size
-
-
-def parse_shutdown(how: Shutdown | str) -> Shutdown:
-    """Turn ``shutdown``'s argument into a :class:`Shutdown`, or raise ValueError."""
-    if isinstance(how, Shutdown):
-        return how
-    if isinstance(how, str):
-        try:
-            return Shutdown(how)
-        except ValueError:
-            pass
-    raise ValueError(f'how must be "read", "write" or "read_write", not {how!r}')
-
-
-def begin_shutdown(how: Shutdown | str, *, closed: bool, writing: bool, write_shut: bool) -> Shutdown:
-    """The checks every ``shutdown`` makes first; returns ``how`` parsed.
-
-    Raises ValueError for a bad ``how``, ClosedError on a closed flow, and
-    BusyError when writing is to end while another greenlet writes.
-    """
-    how = parse_shutdown(how)
-    if closed:
-        raise closed_error("shut down")
-    if how.writes and not write_shut and writing:
-        raise BusyError("cannot shut down writing: another greenlet is writing")
-    return how
-
-
-def check_timeout(value: float | None) -> float | None:
-    """Validate a ``timeout`` setting: ``None`` or a number of seconds >= 0."""
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise TypeError(f"timeout must be a number of seconds or None, not {value!r}")
-    if value < 0 or math.isnan(value):
-        raise ValueError(f"timeout must be at least 0 seconds, not {value!r}")
-    return float(value)
-
-
-def start_timer(seconds: float, what: str, *, setting: str = "the flow's timeout") -> gevent.Timeout:
-    """Start the timer that bounds one blocking call by the flow's timeout.
-
-    When it expires it raises a :class:`FlowTimeout` whose message says what
-    did not finish and which ``setting`` bounded it; any other
-    ``gevent.Timeout`` stays distinct from it.
-    """
-    message = f"{what} did not complete within {setting} of {seconds:g} seconds"
-    return gevent.Timeout.start_new(seconds, FlowTimeout(message))
-
-
-def closed_error(what: str) -> ClosedError:
-    """The error for a call on a flow that this side closed."""
-    return ClosedError(f"cannot {what}: the flow is closed")
-
-
-def refuse_read(what: str, *, closed: bool, reading: bool, at_eof: bool, error: BaseException | None) -> bool:
-    """The checks before a read that cannot go ahead, in the contract's order.
-
-    Closed beats busy, local EOF (``shutdown("read")``, or EOF seen) beats
-    an earlier failure. Returns True when the read must return EOF now, and
-    raises otherwise; a flow calls it only when one of the four is set.
-    """
-    if closed:
-        raise closed_error(what)
-    if reading:
-        raise BusyError(f"cannot {what}: another greenlet is already reading this flow")
-    if at_eof:
-        return True
-    raise BrokenError(f"cannot {what}: an earlier read failed ({error})") from error
-
-
-def refuse_write(
-    what: str, *, closed: bool, writing: bool, shut: bool, error: BaseException | None
-) -> NoReturn:
-    """The checks before a write that cannot go ahead: raise the right error.
-
-    Closed beats busy, busy beats this side's shutdown, which beats an
-    earlier failure; a flow calls it only when one of the four is set.
-    """
-    if closed:
-        raise closed_error(what)
-    if writing:
-        raise BusyError(f"cannot {what}: another greenlet is already writing this flow")
-    if shut:
-        raise ClosedError(f"cannot {what}: this side has shut down writing")
-    raise BrokenError(f"cannot {what}: an earlier write failed ({error})") from error
-
-
-def check_bytes_like(data: object) -> memoryview:
-    """Return ``data`` as a flat, contiguous memoryview of bytes, or raise TypeError.
-
-    A strided view (``memoryview(b)[::2]``) is bytes-like too: it is copied,
-    since no system call can send it as it is.
-    """
-    try:
-        view = memoryview(data)  # type: ignore[arg-type]
-    except TypeError:
-        raise TypeError(f"expected a bytes-like object, not {type(data).__name__}") from None
-    if not view.c_contiguous:
-        return memoryview(view.tobytes())
-    if view.format != "B" or view.ndim != 1:
-        view = view.cast("B")
-    return view
-
-
-def check_writable_buffer(buffer: object) -> memoryview:
-    """Return ``read_into``'s buffer as a flat, writable view of bytes.
-
-    A flow that takes data from somewhere it cannot put back (a TLS engine,
-    a memory pipe) calls this before taking any, so that a buffer it cannot
-    fill raises at once instead of losing what was taken.
-
-    Raises:
-        TypeError: the buffer is not a writable bytes-like object.
-        ValueError: it has no room for a byte.
-    """
-    try:
-        view = memoryview(buffer)  # type: ignore[arg-type]
-    except TypeError:
-        raise TypeError(f"read_into needs a writable buffer, not {type(buffer).__name__}") from None
-    if view.readonly:
-        raise TypeError(f"read_into needs a writable buffer; this {type(buffer).__name__} is read-only")
-    if view.format != "B" or view.ndim != 1:
-        view = view.cast("B")
-    if not len(view):
-        raise ValueError("read_into needs a buffer with room for at least one byte")
-    return view

@@ -30,8 +30,10 @@ from typing import TYPE_CHECKING, Any, Final, TypeAlias
 
 from gevent import get_hub
 
+from .addresses import url_for
 from .errors import ClosedError, FlowError
-from .flow import Flow, check_timeout, start_timer
+from .flow import Flow
+from .kit import check_timeout, start_timer
 from .sockets import SocketFlow
 
 if TYPE_CHECKING:
@@ -143,14 +145,7 @@ class Listener:
     @property
     def url(self) -> str:
         """The listener's address as a ``--bind`` URL (``tcp://127.0.0.1:8000``)."""
-        address = self._address
-        if isinstance(address, tuple) and len(address) >= 2:
-            host = str(address[0])
-            return f"tcp://[{host}]:{address[1]}" if ":" in host else f"tcp://{host}:{address[1]}"
-        if isinstance(address, bytes):
-            address = address.decode(errors="replace")
-        text = str(address)
-        return "unix:" + ("@" + text[1:] if text.startswith("\0") else text)
+        return url_for(self._address)
 
     @property
     def closed(self) -> bool:
@@ -197,13 +192,17 @@ class Listener:
         """Wrap a socket accepted from this listener in a plain flow.
 
         Sets ``TCP_NODELAY`` on TCP sockets: flows write whole messages, so
-        Nagle's algorithm only adds latency. Cheap; the slow per-connection
+        Nagle's algorithm only adds latency; a Unix socket file's flows
+        report its final path as their ``local_address``. Cheap; the slow per-connection
         work is :meth:`establish`'s, so that the server can see the plain
         flow (and close it) while that runs.
         """
         if self._is_tcp:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        return SocketFlow(sock, timeout=timeout)
+            return SocketFlow(sock, timeout=timeout)
+        # A Unix socket bound under a temporary name knows only that name.
+        path = self._unlink[0] if self._unlink is not None else None
+        return SocketFlow(sock, timeout=timeout, local_address=path)
 
     def establish(self, flow: Flow) -> Flow:
         """Make the flow a handler gets from the one :meth:`open_flow` made.

@@ -23,7 +23,8 @@ import os
 import stat
 
 from .descriptors import DescriptorFlow
-from .flow import Buffer, check_timeout
+from .flow import Buffer
+from .kit import check_timeout
 
 __all__ = ["PipeFlow", "from_pipes", "pipe_pair"]
 
@@ -74,12 +75,12 @@ class PipeFlow(DescriptorFlow):
     @property
     def read_fd(self) -> int:
         """The descriptor this flow reads from (-1 once closed)."""
-        return -1 if self._closed else self._ends.read_fd
+        return -1 if self.closed else self._ends.read_fd
 
     @property
     def write_fd(self) -> int:
         """The descriptor this flow writes to (-1 once shut down or closed)."""
-        return -1 if self._closed or self._write_shut else self._ends.write_fd
+        return -1 if self.closed else self._ends.write_fd
 
     def _end_writing(self) -> None:
         # No writer can be parked (shutdown refuses while one writes), so the
@@ -87,13 +88,14 @@ class PipeFlow(DescriptorFlow):
         watcher, self._write_watcher = self._write_watcher, None
         if watcher is not None:
             watcher.close()
-        os.close(self._ends.write_fd)
+        fd, self._ends.write_fd = self._ends.write_fd, -1
+        os.close(fd)
 
     def _release(self) -> None:
         try:
             os.close(self._ends.read_fd)
         finally:
-            if not self._write_shut:
+            if self._ends.write_fd != -1:  # not closed by shutdown("write")
                 os.close(self._ends.write_fd)
 
     def _describe(self) -> str:

@@ -32,13 +32,14 @@ CASES = [(workload.name, case.name) for workload in all_workloads(quick=True) fo
 @pytest.fixture(scope="module")
 def quick_run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     output = tmp_path_factory.mktemp("bench")
+    scratch = tmp_path_factory.mktemp("scratch")  # the run's TMPDIR: what it leaves there is a leak
     result = subprocess.run(
         [sys.executable, "-m", "benchmarks", "--quick", "--output-dir", str(output)],
         capture_output=True,
         text=True,
         timeout=100,
         cwd=ROOT,
-        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        env={**os.environ, "PYTHONPATH": str(ROOT), "TMPDIR": str(scratch)},
     )
     data: dict[str, Any] = (
         json.loads((output / "results.json").read_text()) if (output / "results.json").exists() else {}
@@ -49,6 +50,7 @@ def quick_run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
         "stderr": result.stderr,
         "data": data,
         "output": output,
+        "left_behind": sorted(path.name for path in scratch.iterdir()),
     }
 
 
@@ -60,6 +62,12 @@ def test_quick_mode_runs(quick_run: dict[str, Any]) -> None:
     markdown = (quick_run["output"] / "RESULTS.md").read_text()
     assert "## How this was run" in markdown
     assert "OpenSSL (stdlib ssl)" in markdown
+
+
+@pytest.mark.timeout(120)
+def test_quick_mode_leaves_no_temporary_files(quick_run: dict[str, Any]) -> None:
+    assert quick_run["returncode"] == 0, quick_run["stderr"][-3000:]
+    assert quick_run["left_behind"] == []
 
 
 @pytest.mark.timeout(120)
@@ -82,3 +90,28 @@ def test_selection_by_name() -> None:
     assert [w.name for w in chosen] == ["tcp_bulk", "pingpong"]
     with pytest.raises(SystemExit):
         select(all_workloads(quick=True), ["no_such_workload"])
+
+
+def test_only_cases_keeps_the_named_cases() -> None:
+    from benchmarks.suite import only_cases
+
+    chosen = only_cases(all_workloads(quick=True), ("greenflow",))
+    assert chosen and all(case.name.startswith("greenflow") for w in chosen for case in w.cases)
+    assert "writev_256" in {w.name for w in chosen}
+
+
+@pytest.mark.timeout(120)
+def test_compare_runs_both_sides_interleaved() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "benchmarks.compare", "HEAD", "pingpong", "--quick", "--runs", "2"],
+        capture_output=True,
+        text=True,
+        timeout=100,
+        cwd=ROOT,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "round 2/2 done" in result.stderr
+    line = next(line for line in result.stdout.splitlines() if line.strip().startswith("pingpong"))
+    before, after, ratio = line.split()[2:5]
+    assert float(before.replace(",", "")) > 0 and float(after.replace(",", "")) > 0
+    assert float(ratio) > 0

@@ -6,7 +6,7 @@ import gevent
 import pytest
 
 from greenflow import Flow, FlowTimeout, Shutdown
-from greenflow.flow import check_bytes_like, check_max_bytes, check_timeout, parse_shutdown, start_timer
+from greenflow.kit import check_bytes_like, check_max_bytes, check_timeout, parse_shutdown, start_timer
 from greenflow.testing import MemoryFlow, check_flow_pair, memory_pair
 
 

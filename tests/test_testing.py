@@ -16,6 +16,7 @@ import pytest
 
 from greenflow import BrokenError, ClosedError, Flow, FlowTimeout, socketpair
 from greenflow.flow import Buffer, Shutdown
+from greenflow.kit import DirectionState
 from greenflow.testing import MemoryFlow, MemoryPipe, check_flow_pair, lockstep_pair, memory_pair
 from greenflow.testing._memory import _pair
 
@@ -151,18 +152,14 @@ class FakeEofOnTimeout(_Broken):
 
 
 class NoBusyCheck(_Broken):
-    @property
-    def _reading(self) -> bool:
-        return False
-
-    @_reading.setter
-    def _reading(self, value: bool) -> None:
-        pass
+    def _read(self, size: int, what: str) -> bytes:
+        self._reader.busy = False  # forget the other reader
+        return super()._read(size, what)
 
 
 class CloseDoesNotWake(_Broken):
     def close(self) -> None:
-        self._closed = True
+        self.mark_closed()
 
 
 class WritevReorders(_Broken):
@@ -174,7 +171,7 @@ class ShutdownSendsNoEof(_Broken):
     def shutdown(self, how: Shutdown | str = Shutdown.WRITE) -> None:
         if how not in ("read", "write", "read_write", *Shutdown):
             raise ValueError(how)
-        self._write_shut = True
+        self._writer.shut()
 
 
 class SilentAfterClose(_Broken):
@@ -210,7 +207,7 @@ class KeepsTheCallersBuffer(_Broken):
 
     def _read(self, size: int, what: str) -> bytes:
         kept = self.incoming.__dict__.get("kept")
-        if kept and not self._closed and not self._read_shut:
+        if kept and self._reader.state is DirectionState.OPEN:
             return bytes(kept.pop(0))
         return super()._read(size, what)
 
@@ -221,13 +218,14 @@ class OnlyFlowTimeoutBreaksWrites(_Broken):
             super().write(data)
         except BaseException as exc:
             if not isinstance(exc, FlowTimeout):
-                self._write_error = None
+                self._writer.state = DirectionState.OPEN
+                self._writer.error = None
             raise
 
 
 class KeepsDataAfterShutdownRead(_Broken):
     def _read(self, size: int, what: str) -> bytes:
-        if self._read_shut and not self._closed and self.incoming.buffered_bytes:
+        if self._reader.state is DirectionState.SHUT and self.incoming.buffered_bytes:
             return self.incoming.take(size)
         return super()._read(size, what)
 

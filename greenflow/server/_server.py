@@ -21,7 +21,7 @@ import gevent
 from gevent import getcurrent
 from gevent.event import Event
 
-from ..flow import check_timeout
+from ..kit import check_timeout
 from ..listener import Listener
 from ..listeners import _TLS_DEFAULT, _TLSDefault, listen_url
 from ._accept import Acceptor

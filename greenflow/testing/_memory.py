@@ -28,27 +28,26 @@ it reads from) and ``flow.outgoing`` (the pipe it writes to).
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import Final
 
 from gevent.event import Event
 
-from ..errors import BrokenError, FlowError, FlowTimeout
-from ..flow import (
-    Buffer,
-    Flow,
-    FlowAttributes,
-    Shutdown,
-    begin_shutdown,
+from ..errors import BrokenError
+from ..flow import Buffer, Shutdown
+from ..kit import (
+    DirectionState,
+    FlowBase,
+    check_buffers,
     check_bytes_like,
     check_max_bytes,
-    check_timeout,
     check_writable_buffer,
     closed_error,
-    refuse_read,
-    refuse_write,
-    start_timer,
 )
 
 __all__ = ["DEFAULT_MEMORY_BUFFER", "MemoryFlow", "MemoryPipe", "lockstep_pair", "memory_pair"]
+
+_CLOSED: Final = DirectionState.CLOSED
+_SHUT: Final = DirectionState.SHUT
 
 #: The default capacity of each direction of :func:`memory_pair`.
 DEFAULT_MEMORY_BUFFER = 65536
@@ -154,7 +153,7 @@ class MemoryPipe:
         self.changed()
 
 
-class MemoryFlow(FlowAttributes, Flow):
+class MemoryFlow(FlowBase):
     """One endpoint of :func:`memory_pair` or :func:`lockstep_pair`.
 
     Follows the :class:`~greenflow.Flow` contract exactly, with no sockets:
@@ -163,19 +162,13 @@ class MemoryFlow(FlowAttributes, Flow):
     """
 
     def __init__(self, incoming: MemoryPipe, outgoing: MemoryPipe, *, timeout: float | None = None) -> None:
+        super().__init__(timeout=timeout)
         self.incoming = incoming
         self.outgoing = outgoing
-        self._timeout = check_timeout(timeout)
-        self._closed = False
-        self._reading = False
-        self._writing = False
-        self._read_shut = False
-        self._write_shut = False
-        self._write_error: BrokenError | None = None
 
     def __repr__(self) -> str:
         return (
-            f"<MemoryFlow {'closed' if self._closed else 'open'} in={self.incoming!r} out={self.outgoing!r}>"
+            f"<MemoryFlow {'closed' if self.closed else 'open'} in={self.incoming!r} out={self.outgoing!r}>"
         )
 
     # -- reading ---------------------------------------------------------------
@@ -185,35 +178,33 @@ class MemoryFlow(FlowAttributes, Flow):
 
     def read_into(self, buffer: bytearray | memoryview) -> int:
         view = check_writable_buffer(buffer)
-        data = self._read(len(view), "read_into")
+        data = self._read(view.nbytes, "read_into")
         view[: len(data)] = data
         return len(data)
 
     def _read(self, size: int, what: str) -> bytes:
-        if self._closed or self._reading:  # refuse_read raises for both
-            refuse_read(what, closed=self._closed, reading=self._reading, at_eof=False, error=None)
+        reader = self._reader
+        if reader.enter(what):
+            return b""
         pipe = self.incoming
-        self._reading = True
-        timer = None
         try:
             while True:
-                if self._closed:
+                state = reader.state
+                if state is _CLOSED:
                     raise closed_error(what)
-                if self._read_shut:
+                if state is _SHUT:
                     return b""
                 if not pipe.stalled:
                     if pipe.buffered_bytes or pipe.pending_bytes:
                         return pipe.take(size)
                     if pipe.writer_done:
+                        reader.end()
                         return b""
-                if timer is None and self._timeout is not None:
-                    timer = start_timer(self._timeout, what)
+                reader.arm(self._timeout, what)
                 pipe.readable.clear()
                 pipe.readable.wait()
         finally:
-            self._reading = False
-            if timer is not None:
-                timer.close()
+            reader.leave()
 
     # -- writing ---------------------------------------------------------------
 
@@ -221,68 +212,49 @@ class MemoryFlow(FlowAttributes, Flow):
         self._write(check_bytes_like(data), "write")
 
     def writev(self, buffers: Iterable[Buffer]) -> None:
-        views = [check_bytes_like(b) for b in buffers]
         # The pipe copies anyway; one join keeps the buffers together.
-        self._write(memoryview(b"".join(views)), "writev")
+        self._write(memoryview(b"".join(check_buffers(buffers))), "writev")
 
     def _write(self, view: memoryview, what: str) -> None:
-        if self._closed or self._writing or self._write_shut or self._write_error is not None:
-            refuse_write(
-                what,
-                closed=self._closed,
-                writing=self._writing,
-                shut=self._write_shut,
-                error=self._write_error,
-            )
+        writer = self._writer
+        writer.enter(what)
         pipe = self.outgoing
-        if pipe.reader_gone:
-            self._write_error = BrokenError(f"cannot {what}: the peer has closed the flow")
-            raise self._write_error
-        if not view:
-            return
-        self._writing = True
-        timer = None
         try:
+            if pipe.reader_gone:
+                raise writer.fail(BrokenError(f"cannot {what}: the peer has closed the flow"))
+            if not view:
+                return
             pipe.offer(view)
             while pipe.pending_bytes:
-                if timer is None and self._timeout is not None:
-                    timer = start_timer(self._timeout, what)
+                writer.arm(self._timeout, what)
                 pipe.writable.clear()
                 pipe.writable.wait()
-                if self._closed:
+                if writer.state is _CLOSED:
                     raise closed_error(what)
                 if pipe.reader_gone:
-                    self._write_error = BrokenError(f"{what} failed: the peer closed the flow")
-                    raise self._write_error
+                    raise writer.fail(BrokenError(f"{what} failed: the peer closed the flow"))
         except BaseException as exc:
             pipe.withdraw()
-            if not isinstance(exc, FlowError) or isinstance(exc, FlowTimeout):
-                if self._write_error is None:
-                    self._write_error = BrokenError(
-                        f"a {what} was interrupted and may have sent part of its data"
-                    )
-            raise
+            error = writer.interrupted(exc, what)
+            if error is exc:
+                raise
+            raise error from exc
         finally:
-            self._writing = False
-            if timer is not None:
-                timer.close()
+            writer.leave()
 
     # -- ending ----------------------------------------------------------------
 
     def shutdown(self, how: Shutdown | str = Shutdown.WRITE) -> None:
-        how = begin_shutdown(how, closed=self._closed, writing=self._writing, write_shut=self._write_shut)
-        if how.writes and not self._write_shut:
-            self._write_shut = True
+        how = self.begin_shutdown(how)
+        if how.writes and self._writer.shut():
             self.outgoing.writer_done = True
             self.outgoing.changed()
-        if how.reads and not self._read_shut:
-            self._read_shut = True
+        if how.reads and self._reader.shut():
             self.incoming.changed()
 
     def close(self) -> None:
-        if self._closed:
+        if not self.mark_closed():
             return
-        self._closed = True
         self.outgoing.writer_done = True
         self.outgoing.withdraw()
         self.incoming.reader_gone = True

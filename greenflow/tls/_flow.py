@@ -61,18 +61,15 @@ from greenlet import getcurrent, greenlet
 from OpenSSL import SSL
 
 from ..errors import BrokenError, BusyError, ClosedError, FlowError, FlowTimeout
-from ..flow import (
-    Buffer,
-    Flow,
+from ..flow import Buffer, Flow, Shutdown, log
+from ..kit import (
     FlowAttributes,
-    Shutdown,
     begin_shutdown,
     check_bytes_like,
     check_max_bytes,
     check_timeout,
     check_writable_buffer,
     closed_error,
-    log,
     refuse_read,
     refuse_write,
     start_timer,

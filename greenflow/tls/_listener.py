@@ -14,7 +14,8 @@ from typing import Final
 
 from OpenSSL import SSL
 
-from ..flow import Flow, check_timeout
+from ..flow import Flow
+from ..kit import check_timeout
 from ..listener import Listener, ListenerLayer
 
 __all__ = ["DEFAULT_HANDSHAKE_TIMEOUT", "TLSListener"]
