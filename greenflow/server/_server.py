@@ -151,7 +151,7 @@ class Server:
 
     def __repr__(self) -> str:
         where = ", ".join(listener.url for listener in self._listeners) or "unbound"
-        return f"<Server {self._state.value} {where} active={len(self._connections)}>"
+        return f"<Server {self._state.value} {where} active={len(self._connections.live)}>"
 
     # -- running ---------------------------------------------------------------
 
@@ -269,7 +269,7 @@ class Server:
             log.info(
                 "stopped after %.2f s; %d connection(s) left",
                 time.monotonic() - started,
-                len(self._connections),
+                len(self._connections.live),
             )
 
     def __enter__(self) -> Server:
@@ -315,7 +315,7 @@ class Server:
     @property
     def active_connections(self) -> int:
         """How many connections are open now (handshaking, handled, closing)."""
-        return len(self._connections)
+        return len(self._connections.live)
 
     @property
     def idle_connections(self) -> int:

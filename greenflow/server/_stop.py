@@ -64,9 +64,6 @@ class Connections:
         self.acceptor: Acceptor | None = None  # told when room frees up
         self._drained = Event()
 
-    def __len__(self) -> int:
-        return len(self.live)
-
     def ended(self, connection: Connection) -> None:
         """Called by each connection as it ends."""
         live = self.live
