@@ -82,17 +82,8 @@ class Listener:
     Made by the ``listen_*`` functions; hand it to :class:`greenflow.Server`,
     which then owns it and closes it when it stops, or call :meth:`accept`
     (or iterate over it) in a blocking script. A listener may also be closed
-    on its own with :meth:`close`.
-
-    Attributes:
-        socket: the listening socket (non-blocking). Read options from it; do
-            not accept from it while a server uses it.
-        address: the bound address: ``(host, port)`` (IPv6: a 4-tuple) for
-            TCP, with the real port when port 0 was asked; the path (``str``)
-            for a Unix socket, starting with NUL in the abstract namespace.
-        name: a label for logs (the ``LISTEN_FDNAMES`` name for systemd).
-        tls_context: the TLS server context of a TLS layer, ``None`` here.
-        handshake_timeout: the TLS layer's handshake bound.
+    on its own with :meth:`close`. Its :attr:`socket`, :attr:`address` and
+    :attr:`name` are read-only.
     """
 
     __slots__ = ("_address", "_closed", "_is_tcp", "_name", "_socket", "_unlink", "_waiters")
@@ -117,12 +108,20 @@ class Listener:
 
     @property
     def socket(self) -> _Socket:
-        """The listening socket (non-blocking), for its options."""
+        """The listening socket (non-blocking).
+
+        Read options from it; do not accept from it while a server uses it.
+        """
         return self._socket
 
     @property
     def address(self) -> object:
-        """The bound address (the real port when port 0 was asked)."""
+        """The bound address.
+
+        ``(host, port)`` (IPv6: a 4-tuple) for TCP, with the real port when
+        port 0 was asked; the path (``str``) for a Unix socket, starting with
+        NUL in the abstract namespace.
+        """
         return self._address
 
     @property
