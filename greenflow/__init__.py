@@ -18,6 +18,7 @@ from .errors import BrokenError, BusyError, ClosedError, FlowError, FlowTimeout
 from .flow import DEFAULT_READ_SIZE, Flow, Shutdown
 from .listeners import (
     Listener,
+    ListenerLayer,
     listen_fd,
     listen_socket,
     listen_systemd,
@@ -50,6 +51,7 @@ __all__ = [
     "FlowError",
     "FlowTimeout",
     "Listener",
+    "ListenerLayer",
     "PipeFlow",
     "Server",
     "Shutdown",

@@ -18,15 +18,16 @@ socket it accepted into a flow. The constructors here make one each:
   ``tcp://host:port``, ``tls://host:port``, ``unix:/path``, ``unix:@name``
   (abstract namespace), ``fd://N`` and ``systemd:``.
 
-Every constructor takes ``tls_context``: with one, each accepted connection
-runs a TLS server handshake (``greenflow.tls.server``) in its own greenlet,
-bounded by ``handshake_timeout``, before the handler sees it. The accept path
-never waits on a handshake.
+The :class:`~greenflow.listener.Listener` class and the layers over it are
+in :mod:`greenflow.listener`. The socket listener knows nothing of TLS: the
+``tls_context`` keyword these functions take is a shortcut that wraps the
+new listener in a :class:`greenflow.tls.TLSListener`.
 """
 
 from __future__ import annotations
 
 import contextlib
+import enum
 import errno
 import os
 import secrets
@@ -34,18 +35,20 @@ import socket
 import stat
 from typing import TYPE_CHECKING, Final
 
-from ._defaults import DEFAULT_HANDSHAKE_TIMEOUT
-from .addresses import Endpoint, Scheme, SocketAddress, numeric_address, parse_url, url_for
-from .flow import Flow
-from .sockets import SocketFlow, socket_at
+from .addresses import Endpoint, Scheme, SocketAddress, numeric_address, parse_url
+from .listener import Listener, ListenerLayer
+from .sockets import socket_at
 
 if TYPE_CHECKING:
     from OpenSSL import SSL
+
+    from .tls import DEFAULT_HANDSHAKE_TIMEOUT
 
 __all__ = [
     "DEFAULT_BACKLOG",
     "DEFAULT_HANDSHAKE_TIMEOUT",
     "Listener",
+    "ListenerLayer",
     "listen_fd",
     "listen_socket",
     "listen_systemd",
@@ -65,128 +68,47 @@ DEFAULT_BACKLOG: Final = 4096
 #: systemd passes activated sockets from this descriptor on (sd_listen_fds).
 _SD_LISTEN_FDS_START: Final = 3
 
-_TCP_FAMILIES: Final = (socket.AF_INET, socket.AF_INET6)
 
+class _TLSDefault(enum.Enum):
+    """Stands for ``greenflow.tls.DEFAULT_HANDSHAKE_TIMEOUT`` in signatures here.
 
-class Listener:
-    """One listening stream socket, owned, and how to make flows from it.
-
-    Made by the ``listen_*`` functions; hand it to :class:`greenflow.Server`,
-    which then owns it and closes it when it stops. A listener may also be
-    closed on its own with :meth:`close`.
-
-    Attributes:
-        socket: the listening socket (non-blocking). Read options from it; do
-            not accept from it while a server uses it.
-        address: the bound address: ``(host, port)`` (IPv6: a 4-tuple) for
-            TCP, with the real port when port 0 was asked; the path (``str``)
-            for a Unix socket, starting with NUL in the abstract namespace.
-        tls_context: the server TLS context, or ``None`` for plain flows.
-        handshake_timeout: seconds a TLS handshake may take.
-        name: a label for logs (the ``LISTEN_FDNAMES`` name for systemd).
+    The value lives in the TLS package, which this module must not import
+    (a plain server never loads pyOpenSSL): the legacy TLS keywords take this
+    marker as their default and the TLS layer puts its own default in.
     """
 
-    __slots__ = (
-        "_closed",
-        "_is_tcp",
-        "_unlink",
-        "address",
-        "handshake_timeout",
-        "name",
-        "socket",
-        "tls_context",
-    )
-
-    def __init__(
-        self,
-        sock: socket.socket,
-        *,
-        address: object = None,
-        tls_context: SSL.Context | None = None,
-        handshake_timeout: float = DEFAULT_HANDSHAKE_TIMEOUT,
-        name: str | None = None,
-        unlink: tuple[str, int, int] | None = None,
-    ) -> None:
-        """Take ownership of a listening socket; prefer :func:`listen_socket`."""
-        sock.setblocking(False)
-        self.socket = sock
-        self.address = sock.getsockname() if address is None else address
-        self.tls_context = tls_context
-        self.handshake_timeout = handshake_timeout
-        self.name = name
-        self._is_tcp = sock.family in _TCP_FAMILIES
-        self._unlink = unlink  # (path, st_dev, st_ino) of a socket file we made
-        self._closed = False
-
-    @property
-    def url(self) -> str:
-        """The listener's address as a ``--bind`` URL (``tcp://127.0.0.1:8000``)."""
-        return url_for(self.address, tls=self.tls_context is not None)
-
-    @property
-    def closed(self) -> bool:
-        """Whether :meth:`close` has been called."""
-        return self._closed
-
-    def fileno(self) -> int:
-        """The listening descriptor (-1 once closed)."""
-        return self.socket.fileno()
-
-    def close(self) -> None:
-        """Close the socket, and remove its file if this listener made it.
-
-        The file is removed only if the path still names the socket this
-        listener bound (same device and inode): a newer server that has
-        replaced it in the meantime keeps its socket. Idempotent.
-        """
-        if self._closed:
-            return
-        self._closed = True
-        self.socket.close()
-        if self._unlink is not None:
-            path, device, inode = self._unlink
-            try:
-                info = os.lstat(path)
-                if (info.st_dev, info.st_ino) == (device, inode):
-                    os.unlink(path)
-            except OSError:
-                pass
+    HANDSHAKE_TIMEOUT = "DEFAULT_HANDSHAKE_TIMEOUT"
 
     def __repr__(self) -> str:
-        state = " closed" if self._closed else ""
-        return f"<Listener {self.url}{state}>"
+        return self.value
 
-    def open_flow(self, sock: socket.socket, timeout: float | None) -> SocketFlow:
-        """Wrap a socket accepted from this listener in a plain flow.
 
-        Sets ``TCP_NODELAY`` on TCP sockets: flows write whole messages, so
-        Nagle's algorithm only adds latency. A Unix socket file's flows
-        report its final path as their ``local_address``. The TLS handshake, if any, is
-        :meth:`secure`'s job, so that the server can see the plain flow (and
-        close it) while the handshake runs.
-        """
-        if self._is_tcp:
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            return SocketFlow(sock, timeout=timeout)
-        # A Unix socket bound under a temporary name knows only that name.
-        path = self._unlink[0] if self._unlink is not None else None
-        return SocketFlow(sock, timeout=timeout, local_address=path)
+_TLS_DEFAULT: Final = _TLSDefault.HANDSHAKE_TIMEOUT
 
-    def secure(self, flow: Flow) -> Flow:
-        """Run the TLS server handshake over ``flow`` if this is a TLS listener.
 
-        Returns ``flow`` itself for a plain listener. Runs in the
-        connection's greenlet; raises what ``greenflow.tls.server`` raises
-        (a :class:`~greenflow.FlowError`) when the handshake fails or times
-        out.
-        """
-        if self.tls_context is None:
-            return flow
-        from . import tls  # noqa: PLC0415 - imported late: plain servers never load pyOpenSSL
+def __getattr__(name: str) -> object:
+    if name == "DEFAULT_HANDSHAKE_TIMEOUT":  # kept here for old imports; it lives in greenflow.tls
+        from .tls import DEFAULT_HANDSHAKE_TIMEOUT  # noqa: PLC0415 - loads pyOpenSSL: on demand only
 
-        return tls.server(
-            flow, self.tls_context, handshake_timeout=self.handshake_timeout, timeout=flow.timeout
-        )
+        return DEFAULT_HANDSHAKE_TIMEOUT
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def _with_tls(
+    listener: Listener, context: SSL.Context | None, handshake_timeout: float | _TLSDefault | None
+) -> Listener:
+    """The ``tls_context`` shortcut of the constructors: wrap in a TLS layer."""
+    if context is None:
+        return listener
+    try:
+        from .tls import TLSListener  # noqa: PLC0415 - a plain server never loads pyOpenSSL
+
+        if handshake_timeout is _TLS_DEFAULT:
+            return TLSListener(listener, context)
+        return TLSListener(listener, context, handshake_timeout=handshake_timeout)
+    except BaseException:
+        listener.close()
+        raise
 
 
 # -- TCP ---------------------------------------------------------------------------
@@ -199,7 +121,7 @@ def listen_tcp(
     backlog: int = DEFAULT_BACKLOG,
     reuse_port: bool = False,
     tls_context: SSL.Context | None = None,
-    handshake_timeout: float = DEFAULT_HANDSHAKE_TIMEOUT,
+    handshake_timeout: float | _TLSDefault | None = _TLS_DEFAULT,
 ) -> Listener:
     """Listen on TCP ``host:port``; port 0 picks a free port.
 
@@ -227,7 +149,7 @@ def listen_tcp(
     except BaseException:
         sock.close()
         raise
-    return Listener(sock, tls_context=tls_context, handshake_timeout=handshake_timeout)
+    return _with_tls(Listener(sock), tls_context, handshake_timeout)
 
 
 def listen_tls(
@@ -235,22 +157,18 @@ def listen_tls(
     port: int,
     context: SSL.Context,
     *,
-    handshake_timeout: float = DEFAULT_HANDSHAKE_TIMEOUT,
+    handshake_timeout: float | _TLSDefault | None = _TLS_DEFAULT,
     backlog: int = DEFAULT_BACKLOG,
     reuse_port: bool = False,
 ) -> Listener:
     """Listen on TCP ``host:port`` and serve TLS with ``context``.
 
-    The same as ``listen_tcp(host, port, tls_context=context, ...)``.
-    ``context`` is a server context from ``greenflow.tls``.
+    Returns a :class:`greenflow.tls.TLSListener` over ``listen_tcp(host,
+    port, ...)``; ``context`` is a server context from ``greenflow.tls``, and
+    ``handshake_timeout`` defaults to ``greenflow.tls.DEFAULT_HANDSHAKE_TIMEOUT``.
     """
-    return listen_tcp(
-        host,
-        port,
-        backlog=backlog,
-        reuse_port=reuse_port,
-        tls_context=context,
-        handshake_timeout=handshake_timeout,
+    return _with_tls(
+        listen_tcp(host, port, backlog=backlog, reuse_port=reuse_port), context, handshake_timeout
     )
 
 
@@ -273,7 +191,7 @@ def listen_unix(
     mode: int | None = None,
     backlog: int = DEFAULT_BACKLOG,
     tls_context: SSL.Context | None = None,
-    handshake_timeout: float = DEFAULT_HANDSHAKE_TIMEOUT,
+    handshake_timeout: float | _TLSDefault | None = _TLS_DEFAULT,
 ) -> Listener:
     """Listen on the Unix socket ``path`` (a leading NUL: abstract namespace).
 
@@ -303,9 +221,7 @@ def listen_unix(
     except BaseException:
         sock.close()
         raise
-    return Listener(
-        sock, address=path, tls_context=tls_context, handshake_timeout=handshake_timeout, unlink=unlink
-    )
+    return _with_tls(Listener(sock, address=path, unlink=unlink), tls_context, handshake_timeout)
 
 
 def _bind_unix_file(sock: socket.socket, path: str, mode: int | None) -> tuple[str, int, int]:
@@ -373,7 +289,7 @@ def listen_socket(
     sock: socket.socket,
     *,
     tls_context: SSL.Context | None = None,
-    handshake_timeout: float = DEFAULT_HANDSHAKE_TIMEOUT,
+    handshake_timeout: float | _TLSDefault | None = _TLS_DEFAULT,
     name: str | None = None,
 ) -> Listener:
     """Adopt a socket that is already bound and listening (stdlib or gevent).
@@ -392,14 +308,14 @@ def listen_socket(
     if type(sock) is not socket.socket:
         family, type_, proto = sock.family, sock.type, sock.proto
         sock = socket.socket(family, type_, proto, fileno=sock.detach())
-    return Listener(sock, tls_context=tls_context, handshake_timeout=handshake_timeout, name=name)
+    return _with_tls(Listener(sock, name=name), tls_context, handshake_timeout)
 
 
 def listen_fd(
     fd: int,
     *,
     tls_context: SSL.Context | None = None,
-    handshake_timeout: float = DEFAULT_HANDSHAKE_TIMEOUT,
+    handshake_timeout: float | _TLSDefault | None = _TLS_DEFAULT,
     name: str | None = None,
 ) -> Listener:
     """Adopt the listening socket at descriptor ``fd`` (inherited from a parent).
@@ -427,7 +343,7 @@ def listen_systemd(
     *,
     unset_environment: bool = True,
     tls_context: SSL.Context | None = None,
-    handshake_timeout: float = DEFAULT_HANDSHAKE_TIMEOUT,
+    handshake_timeout: float | _TLSDefault | None = _TLS_DEFAULT,
     name: str | None = None,
 ) -> list[Listener]:
     """Adopt the sockets passed by systemd socket activation.
@@ -488,7 +404,7 @@ def listen_url(
     reuse_port: bool = False,
     mode: int | None = None,
     tls_context: SSL.Context | None = None,
-    handshake_timeout: float = DEFAULT_HANDSHAKE_TIMEOUT,
+    handshake_timeout: float | _TLSDefault | None = _TLS_DEFAULT,
 ) -> list[Listener]:
     """Make the listeners a ``--bind`` URL names.
 
@@ -539,7 +455,7 @@ def _listen_endpoint(
     reuse_port: bool,
     mode: int | None,
     context: SSL.Context | None,
-    handshake_timeout: float,
+    handshake_timeout: float | _TLSDefault | None,
 ) -> list[Listener]:
     scheme = endpoint.scheme
     if scheme is Scheme.SYSTEMD:

@@ -9,19 +9,25 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import fcntl
 import os
 import socket
-from typing import Any
+import struct
+import termios
+import time
+from typing import Any, Final
 
+import gevent
 from gevent import get_hub as _get_hub
 from gevent import socket as _gevent_socket
 
 from .addresses import format_address, numeric_address
 from .descriptors import DescriptorFlow, broken_error
 from .errors import BrokenError, FlowError
-from .kit import check_timeout, start_timer
+from .kit import DirectionState, check_timeout, start_timer
 
 __all__ = [
+    "LINGER_TIMEOUT",
     "SocketFlow",
     "connect_tcp",
     "connect_unix",
@@ -31,7 +37,16 @@ __all__ = [
     "socketpair",
 ]
 
+_READ = 1  # libev's EV_READ
 _WRITE = 2  # libev's EV_WRITE
+
+#: How long :meth:`SocketFlow.close_lingering` waits at most, in seconds.
+LINGER_TIMEOUT: Final = 1.0
+
+#: How much a lingering close reads at a time, and how often it looks at the
+#: send queue while the peer sends nothing (seconds).
+_LINGER_READ: Final = 65536
+_LINGER_POLL: Final = 0.01
 
 
 class SocketFlow(DescriptorFlow):
@@ -118,6 +133,53 @@ class SocketFlow(DescriptorFlow):
         except OSError:
             peer = None
         return f"the connection to {format_address(peer)}" if peer else "the connection"
+
+    # -- closing without a reset ---------------------------------------------------
+
+    def has_unread_input(self) -> bool:
+        """Whether the peer sent bytes that no read has taken yet.
+
+        Closing a TCP socket with unread input makes the kernel send a reset,
+        which can destroy the end of what this side sent; see
+        :meth:`close_lingering`. One non-blocking peek (none once a read has
+        seen the peer's EOF): ``False`` when nothing is waiting, at EOF, and
+        once the flow is closed.
+        """
+        state = self._reader.state
+        if state is DirectionState.CLOSED or state is DirectionState.EOF:
+            return False  # nothing can follow the peer's EOF: no system call
+        try:
+            return bool(self._sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT))
+        except OSError:  # nothing there (EAGAIN), or the connection is gone
+            return False
+
+    def close_lingering(self, timeout: float = LINGER_TIMEOUT) -> bool:
+        """Send our EOF, wait until the peer has our data, then close.
+
+        Closing a socket that has unread input (a request body nobody read, a
+        pipelined request, a request that crossed a server's stop) makes the
+        kernel answer with a reset, and a reset throws away whatever is still
+        in our send queue: the end of the last response, if the peer has not
+        acknowledged it yet. So this shuts down writing, then reads and
+        discards until the peer's EOF, or until the send queue is empty (the
+        peer's kernel has every byte, and a reset no longer loses any), or
+        for ``timeout`` seconds at most. The flow's own timeout does not
+        apply.
+
+        Returns:
+            ``True`` if the peer's EOF came or the send queue emptied in
+            time; ``False`` if the time ran out or the connection failed.
+            The flow is closed either way. Never raises a flow error.
+        """
+        try:
+            if self.closed:
+                return False
+            self.shutdown("write")
+            return _linger(self._sock, timeout)
+        except (FlowError, OSError):
+            return False
+        finally:
+            self.close()
 
 
 # -- constructors ------------------------------------------------------------------
@@ -362,3 +424,49 @@ def _is_listening(sock: socket.socket) -> bool:
         return bool(sock.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN))
     except OSError:
         return False
+
+
+# -- lingering close ---------------------------------------------------------------
+
+
+def _linger(sock: socket.socket, timeout: float) -> bool:
+    """Read and discard until EOF, an empty send queue, or ``timeout``."""
+    hub = _get_hub()
+    watcher = hub.loop.io(sock.fileno(), _READ)
+    deadline = time.monotonic() + timeout
+    try:
+        while True:
+            try:
+                if not sock.recv(_LINGER_READ):
+                    return True  # the peer's EOF
+                continue
+            except BlockingIOError:
+                pass
+            except InterruptedError:
+                continue
+            remaining = deadline - time.monotonic()
+            if _unsent_bytes(sock) == 0:
+                return True
+            if remaining <= 0:
+                return False
+            timer = gevent.Timeout(min(remaining, _LINGER_POLL))
+            timer.start()
+            try:
+                hub.wait(watcher)
+            except gevent.Timeout as exc:
+                if exc is not timer:
+                    raise
+            finally:
+                timer.close()
+    finally:
+        watcher.close()
+
+
+def _unsent_bytes(sock: socket.socket) -> int:
+    """Bytes in the socket's send queue not yet acknowledged (-1: unknown)."""
+    try:
+        raw = fcntl.ioctl(sock.fileno(), termios.TIOCOUTQ, b"\0\0\0\0")
+    except (OSError, AttributeError):
+        return -1
+    count: int = struct.unpack("i", raw)[0]
+    return count

@@ -20,6 +20,7 @@ PUBLIC = {
     "FlowError",
     "FlowTimeout",
     "Listener",
+    "ListenerLayer",
     "PipeFlow",
     "Server",
     "Shutdown",

@@ -9,6 +9,7 @@ import struct
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import Callable
 
 import gevent
@@ -457,3 +458,57 @@ def test_close_after_the_descriptor_vanished_logs_instead_of_crashing_the_hub(
     errors = capfd.readouterr().err
     assert "Traceback" not in errors, errors
     assert "Bad file descriptor" not in errors
+
+
+# -- closing without a reset --------------------------------------------------------
+
+
+def test_has_unread_input_peeks_without_taking() -> None:
+    mine, theirs = tcp_pair()
+    with mine, theirs:
+        assert not mine.has_unread_input()
+        theirs.write(b"xy")
+        assert mine.read(1) == b"x"  # waits for the data: then one byte is left
+        assert mine.has_unread_input()
+        assert mine.read() == b"y"  # the peek took nothing
+        assert not mine.has_unread_input()
+        theirs.shutdown("write")
+        assert mine.read() == b""
+        assert not mine.has_unread_input()  # at EOF
+    assert not mine.has_unread_input()  # closed
+
+
+def test_close_lingering_keeps_a_response_that_a_reset_would_destroy() -> None:
+    # The peer sent bytes nobody read: a plain close would reset, and the
+    # reset would throw away the unsent end of a large reply.
+    body = os.urandom(4_000_000)
+    mine, theirs = tcp_pair()
+    with theirs:
+        theirs.write(b"unread request")
+        assert mine.read(1) == b"u"
+        received = gevent.spawn(_read_all, theirs)
+        mine.write(body)  # returns with the end of it still in the send queue
+        assert mine.has_unread_input()
+        assert mine.close_lingering(10) is True
+        assert mine.closed
+        assert received.get(timeout=10) == body
+
+
+def _read_all(flow: Flow) -> bytes:
+    data = bytearray()
+    while chunk := flow.read():
+        data += chunk
+    return bytes(data)
+
+
+def test_close_lingering_gives_up_after_its_timeout() -> None:
+    mine, theirs = tcp_pair()
+    with theirs:
+        mine.timeout = 0.2
+        with pytest.raises(FlowTimeout):
+            mine.write(b"x" * 64_000_000)  # a peer that never reads: the buffers fill up
+        started = time.monotonic()
+        assert mine.close_lingering(0.2) is False  # the queue never empties, no EOF comes
+        assert 0.15 < time.monotonic() - started < 3
+        assert mine.closed
+    assert mine.close_lingering() is False  # closed already: nothing to do

@@ -68,7 +68,7 @@ def serve(args: argparse.Namespace, binds: list[str]) -> int:
         try:
             for url in server.urls:  # once the signals are ours: a client may stop us from now on
                 say(f"listening on {url}")
-            server.serve_forever()
+            server.serve_forever(stop_signals=())  # the signals above are the command's own
         finally:
             for signal_handler in installed:
                 signal_handler.cancel()
