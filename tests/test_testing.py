@@ -413,3 +413,31 @@ def test_a_flow_that_swallows_the_kill_does_not_hold_up_the_run() -> None:
     assert "did not finish within 0.5 s, and went on when killed (blocked at read_exactly" in str(
         caught.value
     )
+
+
+def test_a_write_the_peer_read_whole_succeeds_though_the_peer_then_closed() -> None:
+    """Found by http.client over a memory pair: the reader took every byte and closed at once."""
+    for make in (lockstep_pair, lambda: memory_pair(4)):
+        left, right = make()
+        writing = gevent.spawn(left.write, b"0123456789")
+        wait_all_blocked()
+        got = b""
+        while len(got) < 10:
+            got += right.read()
+        right.close()  # before the writer has woken
+        writing.get(timeout=5)  # returns: every byte was taken
+        assert got == b"0123456789"
+        with pytest.raises(BrokenError):
+            left.write(b"more")  # and now the peer is gone
+        left.close()
+
+
+def test_a_write_the_peer_did_not_take_fails_when_it_closes() -> None:
+    left, right = lockstep_pair()
+    writing = gevent.spawn(left.write, b"0123456789")
+    wait_all_blocked()
+    assert right.read(4) == b"0123"
+    right.close()
+    with pytest.raises(BrokenError, match="the peer closed the flow"):
+        writing.get(timeout=5)
+    left.close()
