@@ -65,7 +65,8 @@ def pop3(flow: Flow) -> None:
             reply = b"+OK %d %d" % (len(MAILBOX), sum(map(len, MAILBOX)))
         elif command == b"RETR":
             message = MAILBOX[int(argument) - 1]
-            stuffed = b"\r\n".join(b"." + part if part.startswith(b".") else part for part in message.split(b"\r\n"))
+            lines = message.split(b"\r\n")
+            stuffed = b"\r\n".join(b"." + line if line.startswith(b".") else line for line in lines)
             reply = b"+OK %d octets\r\n%s." % (len(message), stuffed)
         elif command == b"QUIT":
             reader.write(b"+OK bye\r\n")

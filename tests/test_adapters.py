@@ -237,7 +237,7 @@ def test_options_without_a_real_socket() -> None:
         assert info.value.errno == errno.ENOPROTOOPT
         with pytest.raises(OSError, match="needs a real socket"):
             sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF)
-        with pytest.raises(io.UnsupportedOperation, match="greenflow.socket_bridge"):
+        with pytest.raises(io.UnsupportedOperation, match=r"greenflow\.socket_bridge"):
             sock.fileno()
         assert not hasattr(sock, "_sock")  # gevent.pywsgi probes for it
     theirs.close()
