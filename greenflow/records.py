@@ -81,7 +81,13 @@ class RecordBuffer:
     def take(self, size: int) -> bytes:
         """Consume and return up to ``size`` bytes from the front."""
         data = self._data
-        chunk = bytes(data[:size])
+        if size >= len(data):
+            chunk = bytes(data)  # one copy, not a slice and then a copy
+            data.clear()
+            self._scanned = 0
+            return chunk
+        with memoryview(data) as view:  # released before the delete below
+            chunk = bytes(view[:size])
         del data[:size]
         self._scanned = max(0, self._scanned - size)
         return chunk
