@@ -29,7 +29,7 @@ import gevent
 from greenflow import BufferedFlow, Flow
 from greenflow.testing import memory_pair
 
-from ._common import KiB, MiB, Measurement, check_count, run_gevent
+from ._common import KiB, Measurement, MiB, check_count, run_gevent
 from ._harness import Case, Workload
 
 

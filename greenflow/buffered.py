@@ -24,8 +24,8 @@ Conventions, as the standard library and asyncio have them:
 from __future__ import annotations
 
 import operator
-from collections.abc import Iterable, Iterator
-from typing import Final
+from collections.abc import Callable, Iterable, Iterator
+from typing import Final, TypeVar
 
 from .errors import BrokenError, BusyError, IncompleteReadError, LimitOverrunError
 from .flow import Buffer, Flow, Shutdown, check_max_bytes
@@ -49,6 +49,7 @@ DEFAULT_LIMIT: Final = 65536
 _OVERRUN: Final = Search.OVERRUN
 _NEED_MORE: Final = Search.NEED_MORE
 _CLOSED: Final = DirectionState.CLOSED
+_T = TypeVar("_T")
 
 
 class BufferedFlow(FlowBase):
@@ -304,27 +305,22 @@ class BufferedFlow(FlowBase):
     # -- writes pass through ---------------------------------------------------------------
 
     def write(self, data: Buffer) -> None:
-        view = check_bytes_like(data)  # before the writer is taken: a TypeError breaks nothing
-        writer = self._writer
-        writer.enter("write")
-        try:
-            self._inner.write(view)
-        except BaseException as exc:
-            error = _write_failed(writer, exc, "write")
-            if error is exc:
-                raise
-            raise error from exc
-        finally:
-            writer.leave()
+        # Checked before the writer is taken: a TypeError breaks nothing.
+        self._pass_on(self._inner.write, check_bytes_like(data), "write")
 
     def writev(self, buffers: Iterable[Buffer]) -> None:
-        views = check_buffers(buffers)
+        self._pass_on(self._inner.writev, check_buffers(buffers), "writev")
+
+    def _pass_on(self, call: Callable[[_T], None], argument: _T, what: str) -> None:
+        """Run the inner flow's write ``call``, keeping this flow's writing state."""
         writer = self._writer
-        writer.enter("writev")
+        writer.enter(what)
         try:
-            self._inner.writev(views)
+            call(argument)
         except BaseException as exc:
-            error = _write_failed(writer, exc, "writev")
+            if isinstance(exc, BrokenError):
+                writer.fail(exc)  # sticky: later writes say this write failed
+            error = writer.interrupted(exc, what)  # a timeout or a kill breaks writing too
             if error is exc:
                 raise
             raise error from exc
@@ -346,13 +342,6 @@ class BufferedFlow(FlowBase):
         if self.mark_closed():
             self._buffer.clear()
             self._inner.close()
-
-
-def _write_failed(writer: Direction, exc: BaseException, what: str) -> BaseException:
-    """What a write that raised ``exc`` below raises here, with the state it leaves."""
-    if isinstance(exc, BrokenError):
-        writer.fail(exc)  # sticky: later writes say this write failed
-    return writer.interrupted(exc, what)  # a timeout or a kill breaks writing too
 
 
 def _check_size(value: int, name: str, least: int) -> int:

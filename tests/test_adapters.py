@@ -305,3 +305,44 @@ def test_flow_io_as_a_raw_stream() -> None:
         FlowIO(theirs, "a")
     reading.close()
     assert theirs.closed
+
+
+def test_errors_from_the_flow_come_out_as_socket_errors() -> None:
+    ours, theirs = greenflow.socketpair()
+    sock = FlowSocket(ours)
+    ours.write(b"unread by the peer, so that its close resets")
+    theirs.close()
+    with pytest.raises(ConnectionError) as info:  # a BrokenError; the OS error is its cause
+        sock.recv_into(bytearray(8))
+    assert isinstance(info.value.__cause__, ConnectionResetError)
+    with pytest.raises(ValueError, match="negative"):
+        sock.recv_into(bytearray(8), -1)
+    sock.close()
+    with pytest.raises(AdapterClosedError):
+        sock.recv_into(bytearray(8))
+    left, right = greenflow.socketpair()
+    right.close()
+    stream = FlowIO(left)
+    with pytest.raises(ConnectionError):
+        for _ in range(100):
+            stream.write(b"x" * 65536)
+    stream.close()
+
+
+def test_shutdown_of_a_flow_closed_underneath() -> None:
+    ours, theirs = memory_pair()
+    sock = FlowSocket(ours)
+    ours.close()
+    with pytest.raises(AdapterClosedError, match="cannot shutdown"):
+        sock.shutdown(socket.SHUT_RDWR)
+    sock.close()
+    theirs.close()
+
+
+def test_family_from_the_shape_of_an_address() -> None:
+    from greenflow.adapters.flowsocket import _family_of
+
+    assert _family_of(("::1", 80, 0, 0)) == socket.AF_INET6
+    assert _family_of((3, 5000)) == socket.AF_VSOCK
+    assert _family_of(("127.0.0.1", 80)) == socket.AF_INET
+    assert _family_of("/run/x.sock") == socket.AF_UNIX

@@ -342,3 +342,30 @@ def test_chunking_never_changes_the_answers(
     finally:
         flow.close()
         sending.kill()
+
+
+def test_record_reads_after_shutdown_read_answer_eof() -> None:
+    flow, sending = feed([b"data\n"], end=False)
+    flow.shutdown("read")
+    assert flow.readline() == b""
+    assert flow.peek() == b""
+    assert flow.read_exactly(0) == b""
+    with pytest.raises(IncompleteReadError):
+        flow.read_exactly(1)
+    with pytest.raises(IncompleteReadError):
+        flow.read_until(b";")
+    assert flow.read_into(bytearray(1)) == 0
+    flow.close()
+    sending.kill()
+
+
+def test_read_into_after_a_reset_is_sticky() -> None:
+    a, b = greenflow.socketpair()
+    flow = BufferedFlow(a)
+    a.write(b"unread by the peer, so that its close resets")
+    b.close()
+    with pytest.raises(BrokenError):
+        flow.read_into(bytearray(8))
+    with pytest.raises(BrokenError):
+        flow.read_into(bytearray(8))
+    flow.close()

@@ -17,11 +17,12 @@ need translating, here and only here:
 from __future__ import annotations
 
 import errno
+from typing import NoReturn
 
 from ..errors import ClosedError, FlowError, FlowTimeout
 from ..flow import Flow
 
-__all__ = ["AdapterClosedError", "translate"]
+__all__ = ["AdapterClosedError", "closed", "reraise", "translate", "would_block"]
 
 
 class AdapterClosedError(ClosedError, OSError):
@@ -48,7 +49,7 @@ def translate(exc: FlowError, what: str, flow: Flow, adapter: str) -> BaseExcept
         if flow.closed:
             return AdapterClosedError(errno.EBADF, f"cannot {what}: the {adapter} is closed")
         return AdapterClosedError(errno.EPIPE, f"cannot {what}: {exc}")
-    if isinstance(exc, FlowTimeout) and flow.timeout == 0:
+    if would_block(exc, flow):
         return BlockingIOError(errno.EAGAIN, f"{what} would block: the {adapter} is non-blocking")
     return exc
 
@@ -56,3 +57,16 @@ def translate(exc: FlowError, what: str, flow: Flow, adapter: str) -> BaseExcept
 def closed(what: str, adapter: str) -> AdapterClosedError:
     """The error for a call on an adapter that was closed."""
     return AdapterClosedError(errno.EBADF, f"cannot {what}: the {adapter} is closed")
+
+
+def reraise(exc: FlowError, what: str, flow: Flow, adapter: str) -> NoReturn:
+    """Raise what :func:`translate` says, chained to ``exc`` (or ``exc`` itself, unchained)."""
+    error = translate(exc, what, flow, adapter)
+    if error is exc:
+        raise exc
+    raise error from exc
+
+
+def would_block(exc: FlowError, flow: Flow) -> bool:
+    """Whether ``exc`` is a non-blocking call's "nothing there yet"."""
+    return isinstance(exc, FlowTimeout) and flow.timeout == 0

@@ -17,7 +17,7 @@ import io
 
 from ..errors import FlowError
 from ..flow import Flow
-from ._errors import translate
+from ._errors import reraise, would_block
 
 __all__ = ["FlowIO", "no_descriptor"]
 
@@ -83,12 +83,9 @@ class FlowIO(io.RawIOBase):
         try:
             return self._flow.read_into(view)
         except FlowError as exc:
-            error = translate(exc, "read", self._flow, "FlowIO's flow")
-            if isinstance(error, BlockingIOError):
-                return None
-            if error is exc:
-                raise
-            raise error from exc
+            if would_block(exc, self._flow):
+                return None  # what io expects of a non-blocking raw stream
+            reraise(exc, "read", self._flow, "FlowIO's flow")
 
     def write(self, data: bytes | bytearray | memoryview) -> int:  # type: ignore[override]
         """Write all of ``data`` and return its length."""
@@ -99,10 +96,7 @@ class FlowIO(io.RawIOBase):
         try:
             self._flow.write(view)
         except FlowError as exc:
-            error = translate(exc, "write", self._flow, "FlowIO's flow")
-            if error is exc:
-                raise
-            raise error from exc
+            reraise(exc, "write", self._flow, "FlowIO's flow")
         return view.nbytes
 
     def close(self) -> None:

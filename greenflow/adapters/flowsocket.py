@@ -45,7 +45,7 @@ from typing import IO, Any, Final, cast
 from ..errors import FlowError
 from ..flow import Buffer, Flow, Shutdown
 from ..sockets import SocketFlow
-from ._errors import closed, translate
+from ._errors import closed, reraise
 from .fileio import FlowIO, no_descriptor
 
 __all__ = ["FlowSocket"]
@@ -102,7 +102,7 @@ class FlowSocket:
         try:
             return self._flow.read(bufsize)
         except FlowError as exc:
-            raise self._error(exc, "recv") from exc
+            reraise(exc, "recv", self._flow, _NAME)
 
     def recv_into(self, buffer: bytearray | memoryview, nbytes: int = 0, flags: int = 0) -> int:
         """As :meth:`recv`, into ``buffer`` (its first ``nbytes`` bytes if given)."""
@@ -119,7 +119,7 @@ class FlowSocket:
         try:
             return self._flow.read_into(view)
         except FlowError as exc:
-            raise self._error(exc, "recv_into") from exc
+            reraise(exc, "recv_into", self._flow, _NAME)
 
     def send(self, data: Buffer, flags: int = 0) -> int:
         """Send all of ``data`` (a flow takes all or fails); return its length."""
@@ -132,7 +132,7 @@ class FlowSocket:
         try:
             self._flow.write(data)
         except FlowError as exc:
-            raise self._error(exc, "send") from exc
+            reraise(exc, "send", self._flow, _NAME)
 
     def makefile(
         self,
@@ -211,7 +211,7 @@ class FlowSocket:
         try:
             self._flow.shutdown(_SHUTDOWNS[how])
         except FlowError as exc:
-            raise self._error(exc, "shutdown") from exc
+            reraise(exc, "shutdown", self._flow, _NAME)
 
     def close(self) -> None:
         """Close the adapter; the flow closes once no file made from it is open. Idempotent."""
@@ -302,9 +302,6 @@ class FlowSocket:
             raise closed(what, _NAME)
         if flags:
             raise OSError(errno.EOPNOTSUPP, f"{what} takes no flags on a socket adapter (got {flags})")
-
-    def _error(self, exc: FlowError, what: str) -> BaseException:
-        return translate(exc, what, self._flow, _NAME)
 
     def _layers(self) -> list[Flow]:
         layers = [self._flow]
