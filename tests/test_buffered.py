@@ -369,3 +369,15 @@ def test_read_into_after_a_reset_is_sticky() -> None:
     with pytest.raises(BrokenError):
         flow.read_into(bytearray(8))
     flow.close()
+
+
+def test_a_very_long_line_in_small_pieces() -> None:
+    a, b = memory_pair()
+    a.incoming.trickle = 4096
+    line = bytes(range(11, 21)) * 500_000 + b"\n"  # 5 MB, newline only at the end
+    sending = gevent.spawn(b.write, line)
+    flow = BufferedFlow(a, limit=len(line))
+    assert flow.readline() == line
+    sending.get(timeout=10)
+    flow.close()
+    b.close()
