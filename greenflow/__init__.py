@@ -106,3 +106,9 @@ def __getattr__(name: str) -> object:
         globals()[name] = value
         return value
     raise AttributeError(f"module 'greenflow' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    # The TLS names are listed before they are loaded, so that dir() and
+    # help() show the whole API; help() loads them when it documents them.
+    return sorted(set(globals()) | _FROM_TLS)

@@ -33,9 +33,9 @@ import secrets
 import socket
 import stat
 from typing import TYPE_CHECKING, Final
-from urllib.parse import urlsplit
 
 from ._defaults import DEFAULT_HANDSHAKE_TIMEOUT
+from .addresses import Endpoint, Scheme, SocketAddress, numeric_address, parse_url, url_for
 from .flow import Flow
 from .sockets import SocketFlow, socket_at
 
@@ -121,16 +121,7 @@ class Listener:
     @property
     def url(self) -> str:
         """The listener's address as a ``--bind`` URL (``tcp://127.0.0.1:8000``)."""
-        scheme = "tls" if self.tls_context is not None else "tcp"
-        address = self.address
-        if isinstance(address, tuple) and len(address) >= 2:
-            host = str(address[0])
-            return f"{scheme}://[{host}]:{address[1]}" if ":" in host else f"{scheme}://{host}:{address[1]}"
-        if isinstance(address, bytes):
-            address = address.decode(errors="replace")
-        text = str(address)
-        prefix = "unix+tls:" if self.tls_context is not None else "unix:"
-        return prefix + ("@" + text[1:] if text.startswith("\0") else text)
+        return url_for(self.address, tls=self.tls_context is not None)
 
     @property
     def closed(self) -> bool:
@@ -169,13 +160,17 @@ class Listener:
         """Wrap a socket accepted from this listener in a plain flow.
 
         Sets ``TCP_NODELAY`` on TCP sockets: flows write whole messages, so
-        Nagle's algorithm only adds latency. The TLS handshake, if any, is
+        Nagle's algorithm only adds latency. A Unix socket file's flows
+        report its final path as their ``local_address``. The TLS handshake, if any, is
         :meth:`secure`'s job, so that the server can see the plain flow (and
         close it) while the handshake runs.
         """
         if self._is_tcp:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        return SocketFlow(sock, timeout=timeout)
+            return SocketFlow(sock, timeout=timeout)
+        # A Unix socket bound under a temporary name knows only that name.
+        path = self._unlink[0] if self._unlink is not None else None
+        return SocketFlow(sock, timeout=timeout, local_address=path)
 
     def secure(self, flow: Flow) -> Flow:
         """Run the TLS server handshake over ``flow`` if this is a TLS listener.
@@ -259,16 +254,10 @@ def listen_tls(
     )
 
 
-def _tcp_address(host: str, port: int) -> tuple[int, tuple[str, int] | tuple[str, int, int, int]]:
-    for family in _TCP_FAMILIES:
-        try:
-            socket.inet_pton(family, host.split("%", 1)[0])
-        except (OSError, ValueError):
-            continue
-        if family == socket.AF_INET:
-            return family, (host, port)
-        info = socket.getaddrinfo(host, port, family, socket.SOCK_STREAM, 0, socket.AI_NUMERICHOST)
-        return family, info[0][4]  # type: ignore[return-value]
+def _tcp_address(host: str, port: int) -> tuple[int, SocketAddress]:
+    numeric = numeric_address(host, port)
+    if numeric is not None:
+        return numeric
     infos = socket.getaddrinfo(host, port, 0, socket.SOCK_STREAM, 0, socket.AI_PASSIVE)
     if not infos:  # pragma: no cover - getaddrinfo raises instead
         raise OSError(errno.EADDRNOTAVAIL, f"{host!r} has no address")
@@ -439,6 +428,7 @@ def listen_systemd(
     unset_environment: bool = True,
     tls_context: SSL.Context | None = None,
     handshake_timeout: float = DEFAULT_HANDSHAKE_TIMEOUT,
+    name: str | None = None,
 ) -> list[Listener]:
     """Adopt the sockets passed by systemd socket activation.
 
@@ -448,7 +438,29 @@ def listen_systemd(
     result is empty). Names from ``LISTEN_FDNAMES`` become the listeners'
     ``name``. With ``unset_environment`` (the default) the three variables
     are removed, so that child processes do not take the sockets for theirs.
+
+    With ``name``, only the sockets of that name are adopted (the others
+    stay where they are, for another call), and the environment is kept
+    whatever ``unset_environment`` says, so that the other names can still
+    be found.
     """
+    sockets = _systemd_sockets(unset_environment=unset_environment and name is None)
+    listeners: list[Listener] = []
+    try:
+        for fd, fd_name in sockets:
+            if name is None or fd_name == name:
+                listeners.append(
+                    listen_fd(fd, tls_context=tls_context, handshake_timeout=handshake_timeout, name=fd_name)
+                )
+    except BaseException:
+        for listener in listeners:  # adopted already: ours to close
+            listener.close()
+        raise
+    return listeners
+
+
+def _systemd_sockets(*, unset_environment: bool) -> list[tuple[int, str | None]]:
+    """The (descriptor, name) pairs systemd passed to this process."""
     try:
         pid = int(os.environ.get("LISTEN_PID", ""))
         count = int(os.environ.get("LISTEN_FDS", ""))
@@ -460,23 +472,10 @@ def listen_systemd(
             os.environ.pop(variable, None)
     if pid != os.getpid() or count < 1:
         return []
-    listeners: list[Listener] = []
-    try:
-        for index in range(count):
-            name = names[index] if index < len(names) and names[index] else None
-            listeners.append(
-                listen_fd(
-                    _SD_LISTEN_FDS_START + index,
-                    tls_context=tls_context,
-                    handshake_timeout=handshake_timeout,
-                    name=name,
-                )
-            )
-    except BaseException:
-        for listener in listeners:  # adopted already: ours to close
-            listener.close()
-        raise
-    return listeners
+    return [
+        (_SD_LISTEN_FDS_START + index, names[index] if index < len(names) and names[index] else None)
+        for index in range(count)
+    ]
 
 
 # -- URLs --------------------------------------------------------------------------
@@ -493,6 +492,8 @@ def listen_url(
 ) -> list[Listener]:
     """Make the listeners a ``--bind`` URL names.
 
+    The grammar is :mod:`greenflow.addresses`':
+
     - ``tcp://HOST:PORT`` (an IPv6 host in brackets: ``tcp://[::1]:8000``),
       or just ``HOST:PORT``;
     - ``tls://HOST:PORT``: TCP with TLS; needs ``tls_context``;
@@ -500,53 +501,69 @@ def listen_url(
       ``unix:name``), ``unix:@name`` for the abstract namespace, and
       ``unix+tls:...`` for TLS over a Unix socket;
     - ``fd://N``: the listening socket inherited at descriptor N;
-    - ``systemd:``: every socket passed by systemd socket activation (an
-      empty list when there are none).
+    - ``systemd:``: every socket passed by systemd socket activation, and
+      ``systemd:NAME`` those named NAME in ``LISTEN_FDNAMES`` (an empty list
+      when there are none).
 
     ``tls_context`` applies to ``tls://`` and ``unix+tls:`` only; ``backlog``,
     ``reuse_port`` and ``mode`` apply where they mean something.
 
     Raises:
-        ValueError: the URL is malformed, or a TLS URL has no context.
+        ValueError: the URL is malformed, a TLS URL has no context, or
+            ``fd://N`` is not a listening stream socket; the message names
+            the URL.
+        OSError: binding or listening failed; the message names the URL and
+            the cause, and ``errno`` is the system's.
     """
-    scheme, _, rest = url.partition(":")
-    if scheme.lower() == "systemd" and rest in ("", "//"):
-        return listen_systemd(tls_context=tls_context, handshake_timeout=handshake_timeout)
-    if not rest and "://" not in url:
-        raise ValueError(f"{url!r} is not a listener URL (try tcp://127.0.0.1:8000 or unix:/path)")
-    scheme = scheme.lower()
-    secure = scheme in ("tls", "unix+tls")
-    if secure and tls_context is None:
+    endpoint = parse_url(url, kind="a listener URL")
+    if endpoint.tls and tls_context is None:
         raise ValueError(f"{url!r} asks for TLS, but no TLS context was given")
-    context = tls_context if secure else None
-    if scheme in ("unix", "unix+tls"):
-        path = rest[2:] if rest.startswith("///") else rest
-        if not path or path == "//":
-            raise ValueError(f"{url!r} names no socket path")
-        if path.startswith("@"):
-            path = "\0" + path[1:]
+    context = tls_context if endpoint.tls else None
+    try:
+        return _listen_endpoint(
+            endpoint,
+            backlog=backlog,
+            reuse_port=reuse_port,
+            mode=mode,
+            context=context,
+            handshake_timeout=handshake_timeout,
+        )
+    except (OSError, ValueError) as exc:
+        raise _listen_error(exc, endpoint) from exc
+
+
+def _listen_endpoint(
+    endpoint: Endpoint,
+    *,
+    backlog: int,
+    reuse_port: bool,
+    mode: int | None,
+    context: SSL.Context | None,
+    handshake_timeout: float,
+) -> list[Listener]:
+    scheme = endpoint.scheme
+    if scheme is Scheme.SYSTEMD:
+        return listen_systemd(
+            tls_context=context, handshake_timeout=handshake_timeout, name=endpoint.name or None
+        )
+    if scheme is Scheme.FD:
+        return [listen_fd(endpoint.fd, tls_context=context, handshake_timeout=handshake_timeout)]
+    if scheme in (Scheme.UNIX, Scheme.UNIX_TLS):
         return [
             listen_unix(
-                path, mode=mode, backlog=backlog, tls_context=context, handshake_timeout=handshake_timeout
+                endpoint.path,
+                mode=mode,
+                backlog=backlog,
+                tls_context=context,
+                handshake_timeout=handshake_timeout,
             )
         ]
-    if scheme == "fd":
-        number = rest.lstrip("/")
-        if not number.isdigit():
-            raise ValueError(f"{url!r} does not name a descriptor number (fd://3)")
-        return [listen_fd(int(number), tls_context=tls_context, handshake_timeout=handshake_timeout)]
-    if scheme in ("tcp", "tls"):
-        if not rest.startswith("//"):
-            raise ValueError(f"{url!r} should look like {scheme}://HOST:PORT")
-        host, port = _host_port(rest[2:], url)
-    elif "://" in url:
-        raise ValueError(f"{url!r} has an unknown scheme {scheme!r}")
-    else:
-        host, port = _host_port(url, url)  # HOST:PORT with no scheme
+    if scheme is Scheme.VSOCK:
+        raise ValueError("vsock listeners are not supported yet (there is connect_vsock, no listen_vsock)")
     return [
         listen_tcp(
-            host,
-            port,
+            endpoint.host,
+            endpoint.port,
             backlog=backlog,
             reuse_port=reuse_port,
             tls_context=context,
@@ -555,18 +572,15 @@ def listen_url(
     ]
 
 
-def _host_port(text: str, url: str) -> tuple[str, int]:
-    try:
-        parts = urlsplit("//" + text.rstrip("/"))
-    except ValueError as exc:
-        raise ValueError(f"{url!r} is not a valid HOST:PORT address: {exc}") from None
-    try:
-        port = parts.port
-    except ValueError as exc:
-        raise ValueError(f"{url!r} has a bad port: {exc}") from None
-    if parts.path or parts.query or parts.fragment or parts.username is not None:
-        raise ValueError(f"{url!r} has more than a host and a port (a path, query or user name)")
-    host = parts.hostname
-    if port is None or host is None:
-        raise ValueError(f"{url!r} needs a host and a port, as in tcp://127.0.0.1:8000")
-    return host, port
+def _listen_error(exc: OSError | ValueError, endpoint: Endpoint) -> OSError | ValueError:
+    """The one place a failed bind becomes an error that names its URL."""
+    url = endpoint.url or str(endpoint)
+    if isinstance(exc, ValueError):
+        return ValueError(f"cannot listen on {url}: {exc}")
+    reason = exc.strerror or str(exc)
+    if exc.errno == errno.EBADF and endpoint.scheme is Scheme.FD:
+        reason = f"descriptor {endpoint.fd} is not open"
+    elif exc.errno == errno.ENOENT and endpoint.scheme in (Scheme.UNIX, Scheme.UNIX_TLS):
+        folder = os.path.dirname(endpoint.path) or "."
+        reason = f"{reason} (is there a folder {folder}?)"
+    return OSError(exc.errno, f"cannot listen on {url}: {reason}")  # errno picks the subclass

@@ -8,7 +8,6 @@ import socket
 import stat
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -26,14 +25,6 @@ from greenflow.listeners import (
 )
 
 from pairs import has_ipv6
-
-
-@pytest.fixture
-def closing() -> Iterator[list[Listener]]:
-    made: list[Listener] = []
-    yield made
-    for listener in made:
-        listener.close()
 
 
 def test_tcp_options(closing: list[Listener]) -> None:
