@@ -381,3 +381,10 @@ def test_a_very_long_line_in_small_pieces() -> None:
     sending.get(timeout=10)
     flow.close()
     b.close()
+
+
+def test_conformance_over_tls() -> None:
+    from tls_helpers import contexts, shared_certs, tls_over
+
+    client_ctx, server_ctx = contexts(shared_certs())
+    check_flow_pair(buffered(lambda: tls_over(memory_pair, client_ctx, server_ctx)))  # type: ignore[arg-type]
