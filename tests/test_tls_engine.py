@@ -411,3 +411,33 @@ def test_describing_a_certificate_cryptography_cannot_parse() -> None:
     assert "O=trustme" in subject
     names = certificate_names(broken)
     assert names.startswith("names that could not be read") and subject in names
+
+
+def test_the_old_method_names_still_work() -> None:
+    """greenflow 0.1's TLSEngine names are kept as aliases of the new ones."""
+    from greenflow.tls import TLSEngine
+
+    for old, new in [
+        ("receive_data", "receive_ciphertext"),
+        ("data_to_send", "ciphertext_to_send"),
+        ("recv", "read_plaintext"),
+        ("recv_into", "read_plaintext_into"),
+        ("send", "write_plaintext"),
+        ("send_close_notify", "write_close_notify"),
+    ]:
+        assert getattr(TLSEngine, old) is getattr(TLSEngine, new), old
+    for name in ("sent_close_notify", "received_close_notify", "transport_eof"):
+        assert isinstance(getattr(TLSEngine, name), property), name
+
+
+def test_the_old_ending_flags_follow_the_endings() -> None:
+    client, server = _pair()
+    assert not (client.sent_close_notify or server.received_close_notify or client.transport_eof)
+    client.send_close_notify()
+    _move(client, server)
+    assert server.recv(10) == b""
+    assert client.sent_close_notify and server.received_close_notify
+    lax, _peer = _pair(allow_truncation=True)
+    lax.receive_eof()
+    assert lax.recv(10) == b""
+    assert lax.transport_eof

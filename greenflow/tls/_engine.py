@@ -498,6 +498,36 @@ class TLSEngine:
         """How far the peer's side has ended."""
         return self._peer
 
+    # -- the names of greenflow 0.1, kept for code written against them -------------
+
+    #: Old name of :meth:`receive_ciphertext`.
+    receive_data = receive_ciphertext
+    #: Old name of :meth:`ciphertext_to_send`.
+    data_to_send = ciphertext_to_send
+    #: Old name of :meth:`read_plaintext`.
+    recv = read_plaintext
+    #: Old name of :meth:`read_plaintext_into`.
+    recv_into = read_plaintext_into
+    #: Old name of :meth:`write_plaintext`.
+    send = write_plaintext
+    #: Old name of :meth:`write_close_notify`.
+    send_close_notify = write_close_notify
+
+    @property
+    def sent_close_notify(self) -> bool:
+        """Whether our side has ended (old form of :attr:`our_ending`)."""
+        return self._ours is not OurEnding.OPEN
+
+    @property
+    def received_close_notify(self) -> bool:
+        """Whether the peer's close_notify arrived (old form of :attr:`peer_ending`)."""
+        return self._peer is PeerEnding.CLOSE_NOTIFY_RECEIVED
+
+    @property
+    def transport_eof(self) -> bool:
+        """Whether the transport ended without close_notify (old form of :attr:`peer_ending`)."""
+        return self._peer is PeerEnding.TRANSPORT_EOF or self._peer is PeerEnding.TRUNCATED
+
     @property
     def connection(self) -> SSL.Connection:
         """The pyOpenSSL connection, for what the engine does not wrap."""
