@@ -14,7 +14,17 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from .errors import BrokenError, BusyError, ClosedError, FlowError, FlowTimeout
+from .adapters import FlowIO, FlowSocket, socket_bridge
+from .buffered import BufferedFlow
+from .errors import (
+    BrokenError,
+    BusyError,
+    ClosedError,
+    FlowError,
+    FlowTimeout,
+    IncompleteReadError,
+    LimitOverrunError,
+)
 from .flow import DEFAULT_READ_SIZE, Flow, Shutdown
 from .listeners import (
     Listener,
@@ -45,11 +55,16 @@ if TYPE_CHECKING:
 __all__ = [
     "DEFAULT_READ_SIZE",
     "BrokenError",
+    "BufferedFlow",
     "BusyError",
     "ClosedError",
     "Flow",
     "FlowError",
+    "FlowIO",
+    "FlowSocket",
     "FlowTimeout",
+    "IncompleteReadError",
+    "LimitOverrunError",
     "Listener",
     "ListenerLayer",
     "PipeFlow",
@@ -76,6 +91,7 @@ __all__ = [
     "listen_unix",
     "listen_url",
     "pipe_pair",
+    "socket_bridge",
     "socketpair",
 ]
 

@@ -14,11 +14,16 @@ import greenflow.testing
 PUBLIC = {
     "DEFAULT_READ_SIZE",
     "BrokenError",
+    "BufferedFlow",
     "BusyError",
     "ClosedError",
     "Flow",
     "FlowError",
+    "FlowIO",
+    "FlowSocket",
     "FlowTimeout",
+    "IncompleteReadError",
+    "LimitOverrunError",
     "Listener",
     "ListenerLayer",
     "PipeFlow",
@@ -45,6 +50,7 @@ PUBLIC = {
     "listen_unix",
     "listen_url",
     "pipe_pair",
+    "socket_bridge",
     "socketpair",
 }
 
