@@ -31,12 +31,12 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from .. import __version__
-from ..listeners import DEFAULT_BACKLOG, DEFAULT_HANDSHAKE_TIMEOUT
+from ..listeners import DEFAULT_BACKLOG
 from ..selfsigned import write_self_signed_certificate
-from ..server import DEFAULT_GRACE
+from ..server import DEFAULT_GRACE, default_max_connections
 from ._common import CommandError, octal, positive_int, say, seconds
 from ._connect import connect, join_stdio, open_url, until_signalled
-from ._serve import load_handler, serve
+from ._serve import DEFAULT_FIRST_DATA_TIMEOUT, load_handler, serve
 
 __all__ = ["DEFAULT_BIND", "build_parser", "main"]
 
@@ -80,7 +80,25 @@ def _add_serve(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         f"fd://N, systemd: or systemd:NAME (repeatable; default {DEFAULT_BIND})",
     )
     serve.add_argument(
-        "--max-connections", type=positive_int, metavar="N", help="connections open at once, at most"
+        "--max-connections",
+        type=positive_int,
+        metavar="N",
+        help="connections open at once, at most (default: the descriptor limit less a reserve,"
+        f" here {default_max_connections()}); at the limit the kernel's backlog holds the next clients",
+    )
+    serve.add_argument(
+        "--first-data-timeout",
+        type=seconds,
+        default=DEFAULT_FIRST_DATA_TIMEOUT,
+        metavar="SECONDS",
+        help="close a connection that sends nothing for this long after connecting (default"
+        f" {DEFAULT_FIRST_DATA_TIMEOUT:g}; 0 turns it off, as protocols where the server speaks first need)",
+    )
+    serve.add_argument(
+        "--deadline",
+        type=seconds,
+        metavar="SECONDS",
+        help="the most a connection may live in all, to end clients that trickle (default none)",
     )
     serve.add_argument(
         "--grace",
@@ -109,9 +127,8 @@ def _add_serve(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     tls.add_argument(
         "--handshake-timeout",
         type=seconds,
-        default=DEFAULT_HANDSHAKE_TIMEOUT,
         metavar="SECONDS",
-        help=f"how long a TLS handshake may take (default {DEFAULT_HANDSHAKE_TIMEOUT:g})",
+        help="how long a TLS handshake may take (default: greenflow.tls.DEFAULT_HANDSHAKE_TIMEOUT, 10)",
     )
     serve.add_argument("--backlog", type=positive_int, default=DEFAULT_BACKLOG, help="listen() backlog")
     serve.add_argument("--reuse-port", action="store_true", help="set SO_REUSEPORT on TCP listeners")
