@@ -34,6 +34,7 @@ from ..kit import (
     check_bytes_like,
     check_writable_buffer,
     closed_error,
+    reraise,
     start_timer,
 )
 from ._engine import (
@@ -204,10 +205,7 @@ class TLSFlow(TLSPump):
                 else:
                     self._encrypt_all(view, "write")
             except BaseException as exc:
-                error = self._write_failed(exc, "write")
-                if error is exc:
-                    raise
-                raise error from exc
+                reraise(exc, self._write_failed(exc, "write"))
         finally:
             writer.leave()
 
@@ -226,10 +224,7 @@ class TLSFlow(TLSPump):
         try:
             body(argument, what)
         except BaseException as exc:
-            error = self._write_failed(exc, what)
-            if error is exc:
-                raise
-            raise error from exc
+            reraise(exc, self._write_failed(exc, what))
         finally:
             self._writer.leave()
 
