@@ -33,6 +33,11 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 
+#: Modules of this tree's greenflow that the benchmark code uses to set up
+#: (never inside a timed part): an older tree without them gets this tree's
+#: copy. The certificate builder is pure ``cryptography``.
+SET_UP_MODULES = ("selfsigned.py",)
+
 #: What the issue of the day asks not to lose; the default workloads.
 DEFAULT_WORKLOADS = ("tcp_bulk", "pingpong", "tls_bulk", "tls_pingpong", "connections", "idle_memory")
 
@@ -66,14 +71,33 @@ def before_tree(rev: str, folder: Path) -> Path:
         )
     subprocess.run(["tar", "-x", "-C", str(folder)], input=archive.stdout, check=True, timeout=60)
     shutil.copytree(HERE, folder / "benchmarks", ignore=shutil.ignore_patterns("__pycache__", "out"))
+    for name in SET_UP_MODULES:
+        if not (folder / "greenflow" / name).exists():
+            shutil.copy2(ROOT / "greenflow" / name, folder / "greenflow" / name)
     return folder
 
 
+def modules_for(workloads: list[str]) -> list[str]:
+    """The benchmark modules that define ``workloads`` (found in this tree)."""
+    sys.path.insert(0, str(ROOT))
+    from benchmarks.suite import MODULES, all_workloads  # noqa: PLC0415 - this tree's, on demand
+
+    needed = [
+        name
+        for name in MODULES
+        if any(w.name in workloads or w.family in workloads for w in all_workloads(True, (name,)))
+    ]
+    if not needed:
+        raise SystemExit(f"no benchmark module defines {', '.join(workloads)}")
+    return needed
+
+
 def run_side(
-    tree: Path, workloads: list[str], quick: bool, timeout: float, out: Path
+    tree: Path, workloads: list[str], modules: list[str], *, quick: bool, timeout: float, out: Path
 ) -> list[dict[str, object]]:
     """One round of the greenflow cases with ``tree``'s greenflow; the rows it wrote."""
     command = [sys.executable, "-m", "benchmarks", *workloads, "--runs", "1", "--no-output"]
+    command += ["--modules", ",".join(modules)]
     command += ["--cases", "greenflow", "--json", str(out)] + (["--quick"] if quick else [])
     environment = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     result = subprocess.run(
@@ -89,6 +113,7 @@ def run_side(
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     workloads = list(args.workloads or DEFAULT_WORKLOADS)
+    modules = modules_for(workloads)
     values: dict[tuple[str, str], dict[str, list[float]]] = {}
     better: dict[tuple[str, str], bool] = {}
     started = time.perf_counter()
@@ -97,7 +122,14 @@ def main(argv: list[str] | None = None) -> int:
         for number in range(args.runs):
             order = ["before", "after"] if number % 2 == 0 else ["after", "before"]
             for side in order:
-                rows = run_side(sides[side], workloads, args.quick, args.timeout, Path(scratch) / "rows.json")
+                rows = run_side(
+                    sides[side],
+                    workloads,
+                    modules,
+                    quick=args.quick,
+                    timeout=args.timeout,
+                    out=Path(scratch) / "rows.json",
+                )
                 for row in rows:
                     key = (str(row["workload"]), str(row["case"]))
                     measured = row["values"]

@@ -56,10 +56,10 @@ SIZE_NOTES = [
 ]
 
 
-def all_workloads(quick: bool) -> list[Workload]:
-    """Every workload, with the sizes of a quick or a full run."""
+def all_workloads(quick: bool, modules: tuple[str, ...] = MODULES) -> list[Workload]:
+    """Every workload of ``modules``, with the sizes of a quick or a full run."""
     found: list[Workload] = []
-    for name in MODULES:
+    for name in modules:
         module = importlib.import_module(f"benchmarks.{name}")
         found.extend(module.workloads(quick))
     return found
@@ -111,6 +111,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="run only the cases whose name starts with PREFIX (repeatable; e.g. greenflow)",
     )
     parser.add_argument("--json", type=Path, metavar="FILE", help="also write every row to FILE as JSON")
+    parser.add_argument(
+        "--modules",
+        metavar="NAME,...",
+        help="import only these workload modules (default: all of " + ",".join(MODULES) + ")",
+    )
     parser.add_argument("--list", action="store_true", help="list the workloads and their cases, then exit")
     args = parser.parse_args(argv)
     if args.runs is not None and args.runs < 1:
@@ -120,7 +125,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    everything = all_workloads(args.quick)
+    modules = tuple(args.modules.split(",")) if args.modules else MODULES
+    unknown = [name for name in modules if name not in MODULES]
+    if unknown:
+        raise SystemExit(f"unknown module(s): {', '.join(unknown)}; choose from {', '.join(MODULES)}")
+    everything = all_workloads(args.quick, modules)
     if args.list:
         for workload in everything:
             print(f"{workload.name}: {', '.join(case.name for case in workload.cases)}")
