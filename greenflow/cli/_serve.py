@@ -21,6 +21,7 @@ from ..handlers import BUILTIN_HANDLERS
 from ..listeners import Listener, listen_url
 from ..server import Handler, Server, default_max_connections
 from ._common import USAGE, CommandError, describe_error, load_tls_context, say
+from ._proxy import check_proxy_arguments, with_proxy_protocol
 
 if TYPE_CHECKING:
     from OpenSSL import SSL
@@ -50,6 +51,7 @@ def serve(args: argparse.Namespace, binds: list[str]) -> int:
         raise CommandError(f"cannot load the handler {args.handler!r}: {exc}", USAGE) from exc
     endpoints = _parse_binds(binds)
     _check_tls_options(args, endpoints)
+    check_proxy_arguments(args)
     with contextlib.ExitStack() as cleanup:
         listeners = _make_listeners(args, endpoints, cleanup)
         server = Server(
@@ -151,7 +153,7 @@ def _make_listeners(
             )
             if not made:
                 raise CommandError(f"cannot listen on {endpoint.url}: it found no socket to listen on")
-            listeners.extend(made)
+            listeners.extend(with_proxy_protocol(args, listener) for listener in made)
     except (OSError, ValueError, FlowError) as exc:
         for listener in listeners:
             listener.close()
