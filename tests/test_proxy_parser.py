@@ -187,13 +187,22 @@ def test_v2_inet6_one_byte_at_a_time_then_the_request() -> None:
 def test_v2_unix_paths_and_abstract_names() -> None:
     header = parse(encode("/run/client.sock", "\0balancer")).header
     assert header is not None
-    assert (header.family, header.source, header.destination) == (Family.UNIX, "/run/client.sock", "\0balancer")
+    assert (header.family, header.source, header.destination) == (
+        Family.UNIX,
+        "/run/client.sock",
+        "\0balancer",
+    )
 
 
 def test_v2_local_ignores_the_addresses_it_carries() -> None:
     header = parse(v2(bytes(12), command=0)).header
     assert header is not None
-    assert (header.command, header.family, header.source, header.relayed) == (Command.LOCAL, Family.INET, None, False)
+    assert (header.command, header.family, header.source, header.relayed) == (
+        Command.LOCAL,
+        Family.INET,
+        None,
+        False,
+    )
     local = parse(encode(None, None, local=True)).header
     assert local is not None and (local.command, local.family) == (Command.LOCAL, Family.UNSPEC)
 

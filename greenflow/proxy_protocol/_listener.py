@@ -98,8 +98,8 @@ def parse_networks(networks: Iterable[str | Network]) -> tuple[Network, ...]:
 
 
 def _trusted(address: object, networks: tuple[Network, ...]) -> bool:
-    if not networks or not isinstance(address, tuple):
-        return False
+    if not networks or not isinstance(address, tuple) or not isinstance(address[0], str):
+        return False  # no network is trusted, or the peer is not an IP one (Unix, vsock)
     try:
         ip = ipaddress.ip_address(address[0])
     except ValueError:
