@@ -38,6 +38,7 @@ from ._common import CommandError, octal, positive_int, say, seconds
 from ._connect import connect, join_stdio, open_url, until_signalled
 from ._proxy import add_proxy_arguments
 from ._serve import DEFAULT_FIRST_DATA_TIMEOUT, load_handler, serve
+from ._workers import add_worker_arguments
 
 __all__ = ["DEFAULT_BIND", "build_parser", "main"]
 
@@ -83,8 +84,13 @@ def _add_serve(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     _add_serve_limits(serve)
     _add_serve_tls(serve)
     add_proxy_arguments(serve)
+    add_worker_arguments(serve)
     serve.add_argument("--backlog", type=positive_int, default=DEFAULT_BACKLOG, help="listen() backlog")
-    serve.add_argument("--reuse-port", action="store_true", help="set SO_REUSEPORT on TCP listeners")
+    serve.add_argument(
+        "--reuse-port",
+        action="store_true",
+        help="set SO_REUSEPORT on TCP listeners (with --workers: a socket per worker, see the docs)",
+    )
     serve.add_argument("--unix-mode", type=octal, metavar="MODE", help="file mode of Unix sockets, e.g. 660")
     serve.add_argument(
         "--log-level",

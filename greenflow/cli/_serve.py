@@ -22,6 +22,7 @@ from ..listeners import Listener, listen_url
 from ..server import Handler, Server, default_max_connections
 from ._common import USAGE, CommandError, describe_error, load_tls_context, say
 from ._proxy import check_proxy_arguments, with_proxy_protocol
+from ._workers import check_worker_arguments, serve_with_workers
 
 if TYPE_CHECKING:
     from OpenSSL import SSL
@@ -45,6 +46,18 @@ def serve(args: argparse.Namespace, binds: list[str]) -> int:
     )
     for log_handler in logging.getLogger().handlers:
         log_handler.addFilter(_said_already)
+    check_worker_arguments(args)
+    if args.workers is not None:  # the supervisor: the workers load the handler, not this process
+        endpoints = _parse_binds(binds)
+        _check_tls_options(args, endpoints)
+        check_proxy_arguments(args)
+        return serve_with_workers(
+            args,
+            lambda cleanup: _tls_context(args, endpoints, cleanup),
+            lambda cleanup, context: _make_listeners(args, endpoints, cleanup, context),
+            _server_options(args),
+            endpoints,
+        )
     try:
         handler = load_handler(args.handler)
     except (ImportError, AttributeError, ValueError) as exc:
@@ -54,15 +67,7 @@ def serve(args: argparse.Namespace, binds: list[str]) -> int:
     check_proxy_arguments(args)
     with contextlib.ExitStack() as cleanup:
         listeners = _make_listeners(args, endpoints, cleanup)
-        server = Server(
-            handler,
-            *listeners,
-            max_connections=args.max_connections or default_max_connections(),
-            timeout=args.timeout,
-            grace=args.grace,
-            first_data_timeout=args.first_data_timeout or None,
-            connection_deadline=args.deadline,
-        )
+        server = Server(handler, *listeners, grace=args.grace, **_server_options(args))  # type: ignore[arg-type]
         server.start()
 
         def on_signal(signum: int) -> None:
@@ -84,6 +89,16 @@ def serve(args: argparse.Namespace, binds: list[str]) -> int:
                 signal_handler.cancel()
         say("stopped")
     return 0
+
+
+def _server_options(args: argparse.Namespace) -> dict[str, object]:
+    """The Server's keyword arguments from the options (``grace`` apart)."""
+    return {
+        "max_connections": args.max_connections or default_max_connections(),
+        "timeout": args.timeout,
+        "first_data_timeout": args.first_data_timeout or None,
+        "connection_deadline": args.deadline,
+    }
 
 
 def _said_already(record: logging.LogRecord) -> bool:
@@ -134,12 +149,22 @@ def _check_tls_options(args: argparse.Namespace, endpoints: list[Endpoint]) -> N
             )
 
 
-def _make_listeners(
+def _tls_context(
     args: argparse.Namespace, endpoints: list[Endpoint], cleanup: contextlib.ExitStack
-) -> list[Listener]:
-    context = None
+) -> SSL.Context | None:
     if any(endpoint.tls for endpoint in endpoints):
-        context = _server_tls_context(args, cleanup)
+        return _server_tls_context(args, cleanup)
+    return None
+
+
+def _make_listeners(
+    args: argparse.Namespace,
+    endpoints: list[Endpoint],
+    cleanup: contextlib.ExitStack,
+    context: SSL.Context | None = None,
+) -> list[Listener]:
+    if context is None:
+        context = _tls_context(args, endpoints, cleanup)
     listeners: list[Listener] = []
     try:
         for endpoint in endpoints:

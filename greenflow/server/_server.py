@@ -223,6 +223,18 @@ class Server:
         else:
             log.info("%s: already stopping", name)
 
+    def stop_accepting(self) -> None:
+        """Accept no more connections and close the listeners, ending none.
+
+        The first half of :meth:`stop`, for a worker process that hands its
+        share of a listening socket back to the others (``greenflow.workers``):
+        the connections accepted already go on, and a :meth:`stop` after it
+        drains them as usual. Idempotent.
+        """
+        if self._acceptor is not None:
+            self._acceptor.close()
+        self._close_listeners()
+
     def stop(self, grace: float | None = None) -> None:
         """Stop gracefully: refuse new connections, finish requests, end the rest.
 
