@@ -28,6 +28,9 @@ from ._accept import Acceptor
 from ._connection import Connection, Handler, Phase, Settings
 from ._stop import Connections, stopping_on_signals
 
+#: The phases of a connection accepted but not yet at its handler.
+_OPENING: Final = frozenset({Phase.ACCEPTED, Phase.AWAITING_DATA, Phase.ESTABLISHING})
+
 if TYPE_CHECKING:
     from OpenSSL import SSL
 
@@ -333,6 +336,11 @@ class Server:
     def idle_connections(self) -> int:
         """How many of them are waiting for their next request (see :func:`idle`)."""
         return sum(1 for connection in self._connections.live if connection.phase is Phase.IDLE)
+
+    @property
+    def opening_connections(self) -> int:
+        """How many of them have not reached their handler yet (first bytes, handshake, header)."""
+        return sum(1 for connection in self._connections.live if connection.phase in _OPENING)
 
     @property
     def max_connections(self) -> int | None:

@@ -35,6 +35,7 @@ import os
 import resource
 import signal
 import sys
+import time
 import traceback
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -52,6 +53,12 @@ BEAT: Final = b"."
 READY: Final = b"R"
 RECYCLING: Final = b"M"
 FAILED: Final = b"F"
+
+#: Seconds a stopping worker waits, at most, for the connections it accepted
+#: last to send their first bytes (see ``_stop_gracefully``): a client's
+#: request follows its connect within moments; a silent one is not waited for.
+SETTLE: Final = 1.0
+_SETTLE_STEP: Final = 0.005
 
 #: The exit status of a worker that failed to start.
 START_FAILED: Final = 3
@@ -191,15 +198,18 @@ def _leave_files_to_the_supervisor(listeners: Sequence[Listener]) -> None:
 def _stop_gracefully(server: Server) -> None:
     """Hand the listening sockets back at once, let the last accepted ones start, then drain.
 
-    Connections accepted just before the stop are still on their way to
-    their handler (their first bytes may be waiting to be seen): two idle
-    turns of the hub let every one whose request has arrived get there, so
-    a stop never closes a connection that sent its request in time.
+    A connection accepted just before the stop may not have sent its
+    request yet (on loopback the client's write can come a moment after
+    its connect): a plain :meth:`~greenflow.Server.stop` would count it as
+    idle and close it unserved. So the worker first stops accepting (the
+    other workers take the queue), then waits, for :data:`SETTLE` seconds
+    at most, until every connection it has accepted has reached its
+    handler; only then does it drain.
     """
     server.stop_accepting()
-    gevent.sleep(0)
-    gevent.idle()
-    gevent.idle()
+    deadline = time.monotonic() + SETTLE
+    while server.opening_connections and time.monotonic() < deadline:
+        gevent.sleep(_SETTLE_STEP)
     server.stop()
 
 

@@ -425,8 +425,6 @@ class Supervisor:
 
     def _start_failed(self, worker: _Worker, code: int) -> None:
         failure = bytes(worker.failure or b"").strip() or f"it exited ({_describe(code)})".encode()
-        if worker.generation == self._reload:
-            self._reload_failed()
         self._failures_in_a_row += 1
         self._backoff = min(MAX_BACKOFF, max(MIN_BACKOFF, self._backoff * 2))
         self._next_start = time.monotonic() + self._backoff
@@ -435,6 +433,8 @@ class Supervisor:
             log.error("worker %d failed to start:\n%s", worker.pid, failure.decode("utf-8", "replace"))
         else:
             log.error("worker %d failed to start (the same error as before)", worker.pid)
+        if worker.generation == self._reload:
+            self._reload_failed()
         if not self._ever_ready and self._failures_in_a_row >= GIVE_UP_AFTER and not self._gave_up:
             self._gave_up = True
             log.error("no worker could start (%d tries); giving up", self._failures_in_a_row)

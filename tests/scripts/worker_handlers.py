@@ -1,0 +1,42 @@
+"""Handlers for the worker process tests: each answers with the pid of the worker serving it."""
+
+from __future__ import annotations
+
+import os
+import time
+
+import greenflow
+
+
+def once(flow: greenflow.Flow) -> None:
+    """Read one line, answer ``pid``, and end: a connection per request."""
+    reader = greenflow.BufferedFlow(flow)
+    if reader.readline():
+        reader.write(f"{os.getpid()}\n".encode())
+
+
+def keepalive(flow: greenflow.Flow) -> None:
+    """Answer each line with ``pid``, idle between requests (a stop ends the wait at once)."""
+    reader = greenflow.BufferedFlow(flow)
+    while True:
+        with greenflow.idle():
+            line = reader.readline()
+        if not line:
+            return
+        reader.write(f"{os.getpid()}\n".encode())
+
+
+def spin_on_request(flow: greenflow.Flow) -> None:
+    """``spin`` says ``spinning`` and spins the CPU forever (the hub never runs again); anything else gets ``pid``."""
+    reader = greenflow.BufferedFlow(flow)
+    line = reader.readline()
+    if line == b"spin\n":
+        reader.write(b"spinning\n")
+        spin_forever()
+    reader.write(f"{os.getpid()}\n".encode())
+
+
+def spin_forever() -> None:
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        pass
