@@ -18,10 +18,9 @@ from pathlib import Path
 
 import gevent
 import pytest
+from test_cli import LISTENING, Served, host_port
 
 import greenflow
-
-from test_cli import LISTENING, Served, host_port
 
 SCRIPTS = Path(__file__).parent / "scripts"
 READY = re.compile(rb"worker (\d+) ready")

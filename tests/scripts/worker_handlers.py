@@ -27,7 +27,7 @@ def keepalive(flow: greenflow.Flow) -> None:
 
 
 def spin_on_request(flow: greenflow.Flow) -> None:
-    """``spin`` says ``spinning`` and spins the CPU forever (the hub never runs again); anything else gets ``pid``."""
+    """``spin`` says ``spinning`` and spins the CPU (the hub never runs again); else ``pid``."""
     reader = greenflow.BufferedFlow(flow)
     line = reader.readline()
     if line == b"spin\n":
