@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 
 from .errors import BrokenError, BusyError, ClosedError, FlowError, FlowTimeout
 from .flow import DEFAULT_READ_SIZE, Flow, Shutdown
+from .framed import FramedFlow
 from .listeners import (
     Listener,
     listen_fd,
@@ -37,6 +38,7 @@ from .sockets import (
     from_socket,
     socketpair,
 )
+from .vsock import connect_vsock_uds, listen_vsock
 
 if TYPE_CHECKING:
     from .tls import TLSCertificateError, TLSError, TLSFlow, TLSTruncatedError, connect_tls
@@ -49,6 +51,7 @@ __all__ = [
     "Flow",
     "FlowError",
     "FlowTimeout",
+    "FramedFlow",
     "Listener",
     "PipeFlow",
     "Server",
@@ -62,6 +65,7 @@ __all__ = [
     "connect_tls",
     "connect_unix",
     "connect_vsock",
+    "connect_vsock_uds",
     "from_fd",
     "from_pipes",
     "from_socket",
@@ -73,6 +77,7 @@ __all__ = [
     "listen_tls",
     "listen_unix",
     "listen_url",
+    "listen_vsock",
     "pipe_pair",
     "socketpair",
 ]

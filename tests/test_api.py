@@ -19,6 +19,7 @@ PUBLIC = {
     "Flow",
     "FlowError",
     "FlowTimeout",
+    "FramedFlow",
     "Listener",
     "PipeFlow",
     "Server",
@@ -32,6 +33,7 @@ PUBLIC = {
     "connect_tls",
     "connect_unix",
     "connect_vsock",
+    "connect_vsock_uds",
     "from_fd",
     "from_pipes",
     "from_socket",
@@ -43,6 +45,7 @@ PUBLIC = {
     "listen_tls",
     "listen_unix",
     "listen_url",
+    "listen_vsock",
     "pipe_pair",
     "socketpair",
 }
