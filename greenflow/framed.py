@@ -444,13 +444,14 @@ class FramedFlow(FlowBase):
         self._control_now("unwrap")
         timer = start_timer(self._timeout, "unwrap") if self._timeout is not None else None
         try:
-            while core.inbound is not Inbound.CLOSED:
+            while True:
                 if core.discard():
                     raise BrokenError("cannot unwrap: the peer sent data instead of its Close")
-                if core.inbound is _FRAMES or core.inbound is Inbound.SHUT:
-                    core.feed(self._flow.read(DEFAULT_READ_SIZE))
-                else:
+                if core.inbound is Inbound.CLOSED:
+                    break
+                if core.inbound is not _FRAMES and core.inbound is not Inbound.SHUT:
                     raise BrokenError(f"cannot unwrap: {core.inbound.value} before the peer's Close")
+                core.feed(self._flow.read(DEFAULT_READ_SIZE))
         finally:
             if timer is not None:
                 timer.close()
