@@ -1,4 +1,4 @@
-"""The framed flow: the contract over every transport, hvsock's sizes, a lossy transport, bytes on the wire."""
+"""The framed flow: the contract over every transport, hvsock's sizes, a lossy transport, the wire."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ import greenflow
 from greenflow import BrokenError, ClosedError, Flow, FramedFlow, Shutdown
 from greenflow.framing import CLOSE, MAX_FRAME_RECEIVED, SHUTDOWN_READ, SHUTDOWN_WRITE
 from greenflow.testing import MemoryFlow, MemoryPipe, check_flow_pair, lockstep_pair, memory_pair
+
 from pairs import clogged, tcp_pair
 from tls_helpers import contexts, shared_certs, tls_over
 
