@@ -364,3 +364,26 @@ def test_any_writes_and_ends_cut_anyhow_deliver_exactly_the_bytes_then_eof(
     assert bytes(got) == bytes(sent)
     assert receiver.inbound in (Inbound.SHUT, Inbound.CLOSED)
     assert receiver.take(10) == b""
+
+
+def test_runs_of_full_frames_and_a_run_broken_by_a_short_frame() -> None:
+    sender = FrameProtocol()
+    payload = bytes(range(256)) * 64 * 5  # 80 KiB: full frames only
+    stream = wire(sender.frames(memoryview(payload)))
+    stream += frame(b"short") + wire(sender.frames(memoryview(payload[:8192]))) + header(SHUTDOWN_WRITE)
+    core = FrameProtocol()
+    core.feed(stream)
+    assert take_all(core) == payload + b"short" + payload[:8192]
+    assert core.inbound is Inbound.SHUT
+    core = FrameProtocol()
+    core.feed(stream)
+    buffer = bytearray(10_000)
+    assert core.take_into(memoryview(buffer)) == 10_000
+    assert buffer == payload[:10_000]
+
+
+def test_a_full_frame_run_stops_at_shutdown_write() -> None:
+    core = FrameProtocol()
+    core.feed(header(SHUTDOWN_WRITE) + frame(b"x" * 4096) + frame(b"y" * 4096))
+    with pytest.raises(BrokenError, match="after its ShutdownWrite"):
+        core.take(1 << 20)
