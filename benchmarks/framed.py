@@ -21,9 +21,9 @@ import importlib
 import socket
 from typing import Any
 
-from ._common import CHUNK, GiB, Measurement, MiB, Skip, flow_pair, run_gevent
+from ._common import GiB, Measurement, MiB, Skip
 from ._harness import Case, Workload
-from .streams import _bulk_sync
+from .streams import bulk_greenflow
 
 
 def _framed_flow_class() -> Any:
@@ -35,31 +35,8 @@ def _framed_flow_class() -> Any:
 
 
 def bulk(total: int, timeout: float, *, framing: bool, into: bool) -> Measurement:
-    client, server = flow_pair(socket.AF_UNIX)
-    if framing:
-        framed = _framed_flow_class()
-        client, server = framed(client), framed(server)
-    try:
-        if into:
-            buffer = bytearray(CHUNK)
-            read_into = server.read_into
-
-            def read() -> int:
-                return int(read_into(buffer))
-
-        else:
-            read_chunk = server.read
-
-            def read() -> int:
-                return len(read_chunk(CHUNK))
-
-        def go() -> float:
-            return _bulk_sync(client.write, lambda: client.shutdown("write"), read, total)
-
-        return Measurement(run_gevent(go, timeout) / MiB)
-    finally:
-        client.close()
-        server.close()
+    layer = _framed_flow_class() if framing else None
+    return bulk_greenflow(socket.AF_UNIX, total, timeout, into=into, layer=layer)
 
 
 def workloads(quick: bool) -> list[Workload]:

@@ -51,8 +51,8 @@ from __future__ import annotations
 
 import enum
 import logging
-from collections.abc import Iterable
-from typing import Final
+from collections.abc import Callable, Iterable
+from typing import Final, TypeVar
 
 import gevent
 import greenlet
@@ -91,6 +91,8 @@ MAX_DRAIN: Final = 1024 * 1024
 MAX_TRAILING: Final = 1024 * 1024
 
 _FRAMES: Final = Inbound.FRAMES
+_A = TypeVar("_A", int, memoryview)
+_R = TypeVar("_R", bytes, int)
 _CLOSED: Final = DirectionState.CLOSED
 _SHUT: Final = DirectionState.SHUT
 
@@ -184,40 +186,24 @@ class FramedFlow(FlowBase):
     # -- reading -------------------------------------------------------------------
 
     def read(self, max_bytes: int | None = None) -> bytes:
-        size = check_read_size(max_bytes)
-        reader = self._reader
-        if reader.enter("read"):
-            return b""
-        core = self._core
-        try:
-            data = core.take(size)
-            while not data:
-                if core.inbound is not _FRAMES or not self._fill("read"):
-                    reader.end()
-                    break
-                data = core.take(size)
-        except BrokenError as exc:
-            reader.fail(exc)  # sticky: later reads say this one failed
-            raise
-        finally:
-            reader.leave()
-            if core.events:
-                self._on_events()
-        return data
+        return self._receive(self._core.take, check_read_size(max_bytes), "read", b"")
 
     def read_into(self, buffer: bytearray | memoryview) -> int:
-        view = check_writable_buffer(buffer)
+        return self._receive(self._core.take_into, check_writable_buffer(buffer), "read_into", 0)
+
+    def _receive(self, take: Callable[[_A], _R], argument: _A, what: str, eof: _R) -> _R:
+        """A read: payload the core holds, or one transport block at a time until some comes."""
         reader = self._reader
-        if reader.enter("read_into"):
-            return 0
+        if reader.enter(what):
+            return eof
         core = self._core
         try:
-            count = core.take_into(view)
-            while not count:
-                if core.inbound is not _FRAMES or not self._fill("read_into"):
+            got = take(argument)
+            while not got:
+                if core.inbound is not _FRAMES or not self._fill(what):
                     reader.end()
                     break
-                count = core.take_into(view)
+                got = take(argument)
         except BrokenError as exc:
             reader.fail(exc)  # sticky: later reads say this one failed
             raise
@@ -225,7 +211,7 @@ class FramedFlow(FlowBase):
             reader.leave()
             if core.events:
                 self._on_events()
-        return count
+        return got
 
     def _fill(self, what: str) -> bool:
         """Read one block from the transport into the core; False if reading was shut down."""
