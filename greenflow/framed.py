@@ -268,7 +268,10 @@ class FramedFlow(FlowBase):
             self._writer.arm(self._timeout, what)
             self._write_greenlet = getcurrent()
             try:
-                self._flow.writev(frames)
+                if len(frames) == 1:  # a full batch, joined: one buffer
+                    self._flow.write(frames[0])
+                else:
+                    self._flow.writev(frames)
             except BaseException:
                 self._cut = True  # part of a frame may be out: nothing may follow it
                 raise

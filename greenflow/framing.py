@@ -255,9 +255,11 @@ class FrameProtocol:
             if inbound is Inbound.BROKEN:
                 raise BrokenError(str(self.error)) from self.error
             return []
-        pieces: list[memoryview] = []
         data, pos, body = self._data, self._pos, self._body
         end = len(data)
+        if pos == end and not self._eof:
+            return []  # the common case of a read that must wait: nothing to parse
+        pieces: list[memoryview] = []
         while limit:
             if body:
                 count = min(body, end - pos, limit)
