@@ -380,3 +380,60 @@ def test_the_transport_timeout_moves_to_the_framed_flow_and_back() -> None:
         back, _ = flow.unwrap()
         assert back.timeout == 7
         back.close()
+
+
+# -- control frames and a busy writer ----------------------------------------------------------
+
+
+def test_shutdown_read_while_a_write_is_blocked_goes_out_after_it() -> None:
+    raw, flow = raw_and_framed()
+    data = pattern(2 * 1024 * 1024, 6)[: 2 * 1024 * 1024]
+    with raw, flow:
+        writing = gevent.spawn(flow.write, data)
+        gevent.sleep(0)  # the writer runs until the full socket blocks it
+        flow.shutdown("read")
+        expected = b"".join(frame(data[at : at + 4096]) for at in range(0, len(data), 4096))
+        expected += header(SHUTDOWN_READ)
+        assert read_exactly(raw, len(expected)) == expected
+        writing.get(timeout=5)
+
+
+def test_a_write_waits_for_the_shutdown_read_being_sent() -> None:
+    raw, transport = lockstep_pair()  # the ShutdownRead waits for the raw side to read it
+    flow = FramedFlow(transport)
+    with raw, flow:
+        flow.shutdown("read")
+        gevent.sleep(0)  # the background sender starts and waits for a reader
+        writing = gevent.spawn(flow.write, b"after")
+        gevent.sleep(0)
+        assert not writing.dead  # waiting for the sender, not refused with BusyError
+        assert read_exactly(raw, 4) == header(SHUTDOWN_READ)
+        assert read_exactly(raw, 9) == frame(b"after")
+        writing.get(timeout=5)
+
+
+def test_bytes_after_the_peers_close_are_not_lost_by_unwrap() -> None:
+    raw, flow = raw_and_framed()
+    with raw:
+        raw.write(header(CLOSE))
+        assert flow.read() == b""
+        assert read_exactly(raw, 4) == header(CLOSE)  # the finisher's answer
+        raw.write(b"more")
+        transport, trailing = flow.unwrap()
+        with transport:
+            got = trailing
+            while len(got) < 4:  # kept by the finisher, or still in the transport
+                got += transport.read()
+            assert got == b"more"
+
+
+def test_unwrap_while_another_greenlet_reads_is_busy() -> None:
+    raw, flow = raw_and_framed()
+    with raw, flow:
+        reading = gevent.spawn(flow.read)
+        gevent.sleep(0)
+        with pytest.raises(greenflow.BusyError, match="cannot unwrap"):
+            flow.unwrap()
+        flow.close()
+        with pytest.raises(ClosedError):
+            reading.get(timeout=5)
