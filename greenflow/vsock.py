@@ -97,11 +97,14 @@ class VsockListener(Listener):
             scheme += "+tls"
         return f"{scheme}://{cid}:{port}"
 
-    def secure(self, flow: Flow) -> Flow:
-        """Frame the flow if this listener frames, then run TLS over it if it has a context."""
-        if self.framed:
-            flow = FramedFlow(flow, close_timeout=self.close_timeout)
-        return super().secure(flow)
+    def open_flow(self, sock: socket.socket, timeout: float | None) -> Flow:  # type: ignore[override]
+        """The accepted socket as a flow, framed if this listener frames.
+
+        TLS, if any, runs over the framing (:meth:`secure`, as for every
+        listener).
+        """
+        flow = super().open_flow(sock, timeout)
+        return FramedFlow(flow, close_timeout=self.close_timeout) if self.framed else flow
 
 
 def listen_vsock(
