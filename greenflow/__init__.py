@@ -14,11 +14,22 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from .errors import BrokenError, BusyError, ClosedError, FlowError, FlowTimeout
+from .adapters import FlowIO, FlowSocket, socket_bridge
+from .buffered import BufferedFlow
+from .errors import (
+    BrokenError,
+    BusyError,
+    ClosedError,
+    FlowError,
+    FlowTimeout,
+    IncompleteReadError,
+    LimitOverrunError,
+)
 from .flow import DEFAULT_READ_SIZE, Flow, Shutdown
 from .framed import FramedFlow
 from .listeners import (
     Listener,
+    ListenerLayer,
     listen_fd,
     listen_socket,
     listen_systemd,
@@ -46,13 +57,19 @@ if TYPE_CHECKING:
 __all__ = [
     "DEFAULT_READ_SIZE",
     "BrokenError",
+    "BufferedFlow",
     "BusyError",
     "ClosedError",
     "Flow",
     "FlowError",
+    "FlowIO",
+    "FlowSocket",
     "FlowTimeout",
     "FramedFlow",
+    "IncompleteReadError",
+    "LimitOverrunError",
     "Listener",
+    "ListenerLayer",
     "PipeFlow",
     "Server",
     "Shutdown",
@@ -79,6 +96,7 @@ __all__ = [
     "listen_url",
     "listen_vsock",
     "pipe_pair",
+    "socket_bridge",
     "socketpair",
 ]
 
@@ -95,3 +113,9 @@ def __getattr__(name: str) -> object:
         globals()[name] = value
         return value
     raise AttributeError(f"module 'greenflow' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    # The TLS names are listed before they are loaded, so that dir() and
+    # help() show the whole API; help() loads them when it documents them.
+    return sorted(set(globals()) | _FROM_TLS)

@@ -12,19 +12,25 @@ Theory of operation
 Reading: a read takes payload the core already holds; only when it holds
 none does it read the transport, one large block (``DEFAULT_READ_SIZE``),
 and feed it to the core, which gathers the payload of many frames into one
-answer. Writing: a write cuts the data into frames of 4 KiB and sends the
-headers and bodies with one gather write on the transport. Control frames
-that could not be sent when asked (a ``shutdown("read")`` while another
-greenlet writes, the answer to the peer's Close) wait in the core's outbox
-and go out after the current write.
+answer. Writing: a write cuts the data into frames of 4 KiB, joined with
+their headers per 64 KiB, and hands them to the transport in one call.
+
+Control frames go out in order with the data, from the core's outbox:
+ShutdownWrite at once, by ``shutdown("write")`` itself; ShutdownRead and
+Close without waiting, by the writer after its current write or else by the
+*sender*, a background greenlet that holds the writing direction for that
+one send (a user's write meanwhile waits for it rather than being refused).
+Over a flow without buffers a send waits for the peer to read, and neither
+``shutdown("read")`` nor the end of the protocol may wait on that.
 
 Ending:
 
 - ``shutdown("write")`` sends ShutdownWrite; ``shutdown("read")`` sends
   ShutdownRead, and the peer's later writes fail.
 - ``close()`` returns at once and wakes every blocked call, as every flow's
-  does. Then a background greenlet, the *finisher*, sends Close and reads and
-  discards until the peer's Close, ShutdownRead or EOF, within
+  does. Then a background greenlet, the *finisher*, has Close sent and
+  reads and discards until the peer's Close, ShutdownRead or EOF (or
+  :data:`MAX_DRAIN` bytes: a peer that keeps writing is not reading), within
   ``close_timeout``, and closes the transport. A write blocked in the
   transport at the time may have sent half a frame, after which no Close can
   follow: then the transport is closed at once.
@@ -340,10 +346,9 @@ class FramedFlow(FlowBase):
             reading = self._read_greenlet
             if reading is not None:
                 self._wake(reading, _WokenByReadShutdown)
-            if not self._writer.busy and self._sender is None:
-                # Sent in the background: on a flow without buffers the send
-                # waits for the peer to read, and shutdown("read") must not.
-                self._sender = gevent.spawn(self._send_in_background)
+            # Sent in the background: on a flow without buffers the send
+            # waits for the peer to read, and shutdown("read") must not.
+            self._send_soon()
         if self._reader.state is _SHUT and self._writer.state is _SHUT:
             self._start_finisher()
 
@@ -362,13 +367,23 @@ class FramedFlow(FlowBase):
             if timer is not None:
                 timer.close()
 
+    def _send_soon(self) -> None:
+        """Have the queued control frames sent without waiting here.
+
+        A writer busy now sends them after its write; else the *sender*, a
+        background greenlet, takes the writing direction to send them (a
+        user's write meanwhile waits for it, see :meth:`_after_sender`).
+        """
+        if not self._writer.busy and self._sender is None:
+            self._sender = gevent.spawn(self._send_in_background)
+
     def _send_in_background(self) -> None:
-        """The sender: a ShutdownRead asked for while nobody was writing."""
+        """The sender: control frames (ShutdownRead, Close) asked for while nobody was writing."""
         try:
-            if not self._writer.busy:  # else the writer sends it after its write
-                self._control_now("shut down reading")
+            if not self._writer.busy:  # else the writer sends them after its write
+                self._control_now("send a control frame")
         except FlowError as exc:
-            log.debug("%r: could not send ShutdownRead: %s", self, exc)
+            log.debug("%r: could not send a control frame: %s", self, exc)
         finally:
             self._sender = None
 
@@ -422,17 +437,17 @@ class FramedFlow(FlowBase):
         """
         if self.closed or self.finished:
             raise closed_error("unwrap")
-        if self._reader.busy or self._writer.busy:
+        if self._reader.busy or (self._writer.busy and self._sender is None):
             raise BusyError("cannot unwrap: another greenlet is reading or writing this flow")
         finisher = self._finisher
         if finisher is not None:
             self._transport = Transport.OWNED  # so that it leaves the transport open
             finisher.kill(block=True)  # it was keeping what came after the peer's Close
         core = self._core
-        core.close()
-        self._control_now("unwrap")
         timer = start_timer(self._timeout, "unwrap") if self._timeout is not None else None
         try:
+            core.close()
+            self._send_soon()  # while we read: the peer may be sending its Close meanwhile
             while True:
                 if core.discard():
                     raise BrokenError("cannot unwrap: the peer sent data instead of its Close")
@@ -441,9 +456,14 @@ class FramedFlow(FlowBase):
                 if core.inbound is not _FRAMES and core.inbound is not Inbound.SHUT:
                     raise BrokenError(f"cannot unwrap: {core.inbound.value} before the peer's Close")
                 core.feed(self._flow.read(DEFAULT_READ_SIZE))
+            sender = self._sender
+            if sender is not None:
+                sender.join()  # what comes next on the transport must follow our Close
         finally:
             if timer is not None:
                 timer.close()
+        if self._cut or core.outbox:
+            raise BrokenError("cannot unwrap: our Close could not be sent")
         self.mark_closed()
         self._transport = Transport.UNWRAPPED
         self.ended_cleanly = True
@@ -479,8 +499,9 @@ class FramedFlow(FlowBase):
         timer = gevent.Timeout.start_new(self.close_timeout, expired)
         try:
             core.close()
-            if not self._writer.busy:  # else the writer sends it after its current write
-                self._control_now("close")
+            # Sent while we read: over a flow without buffers the peer may be
+            # blocked writing to us, and reads only once we have read.
+            self._send_soon()
             if not self._cut:
                 clean = self._drain(answering)
         except FlowError as exc:

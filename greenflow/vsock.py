@@ -2,9 +2,10 @@
 
 - :func:`listen_vsock` binds an AF_VSOCK stream socket and returns a
   :class:`~greenflow.Listener` for :class:`~greenflow.Server`, whose flows
-  may be framed (:class:`~greenflow.FramedFlow`, opt-in: Linux AF_VSOCK
-  keeps shutdown, so the hvsock framing is needed only by peers that speak
-  it). Connecting is :func:`greenflow.connect_vsock`.
+  may be framed (:class:`FramedListener`, a listener layer making
+  :class:`~greenflow.FramedFlow`; opt-in: Linux AF_VSOCK keeps shutdown, so
+  the hvsock framing is needed only by peers that speak it). Connecting is
+  :func:`greenflow.connect_vsock`.
 - :func:`connect_vsock_uds` is the host side of Firecracker's and Cloud
   Hypervisor's vsock: the VMM listens on a Unix socket, the client writes
   ``CONNECT <port>\\n`` and the VMM answers ``OK <number>\\n`` (the number
@@ -27,7 +28,8 @@ from .errors import BrokenError, FlowError, FlowTimeout
 from .flow import Flow
 from .framed import DEFAULT_CLOSE_TIMEOUT, FramedFlow
 from .kit import check_timeout, start_timer
-from .listeners import DEFAULT_BACKLOG, DEFAULT_HANDSHAKE_TIMEOUT, Listener
+from .listener import Listener, ListenerLayer
+from .listeners import _TLS_DEFAULT, DEFAULT_BACKLOG, _TLSDefault, _with_tls
 from .sockets import connect_unix
 
 if TYPE_CHECKING:
@@ -39,7 +41,7 @@ __all__ = [
     "VMADDR_CID_HOST",
     "VMADDR_CID_LOCAL",
     "VMADDR_PORT_ANY",
-    "VsockListener",
+    "FramedListener",
     "connect_vsock_uds",
     "listen_vsock",
 ]
@@ -62,49 +64,30 @@ _MAX_ANSWER: Final = 32
 _U32: Final = 0xFFFFFFFF
 
 
-class VsockListener(Listener):
-    """A :class:`~greenflow.Listener` on an AF_VSOCK socket.
+class FramedListener(ListenerLayer):
+    """A listener whose flows are :class:`~greenflow.FramedFlow` over the inner listener's.
 
-    Attributes (besides a listener's):
-        framed: whether each accepted flow is wrapped in a
-            :class:`~greenflow.FramedFlow`.
+    Its URL is the inner one's with ``framed`` added (``vsock+framed://``);
+    a TLS layer over it runs TLS over the framing (``vsock+framed+tls://``).
+
+    Attributes:
         close_timeout: the framed flows' ``close_timeout``.
     """
 
-    __slots__ = ("close_timeout", "framed")
+    __slots__ = ("close_timeout",)
 
-    def __init__(
-        self,
-        sock: socket.socket,
-        *,
-        framed: bool = False,
-        close_timeout: float = DEFAULT_CLOSE_TIMEOUT,
-        tls_context: SSL.Context | None = None,
-        handshake_timeout: float = DEFAULT_HANDSHAKE_TIMEOUT,
-        name: str | None = None,
-    ) -> None:
-        super().__init__(sock, tls_context=tls_context, handshake_timeout=handshake_timeout, name=name)
-        self.framed = framed
-        self.close_timeout = close_timeout
+    scheme = "framed"
 
-    @property
-    def url(self) -> str:
-        """The listener's address as a URL: ``vsock://CID:PORT`` (``vsock+framed://`` when framed)."""
-        address: tuple[int, int] = self.address  # type: ignore[assignment]
-        cid, port = address
-        scheme = "vsock+framed" if self.framed else "vsock"
-        if self.tls_context is not None:
-            scheme += "+tls"
-        return f"{scheme}://{cid}:{port}"
+    def __init__(self, listener: Listener, *, close_timeout: float = DEFAULT_CLOSE_TIMEOUT) -> None:
+        limit = check_timeout(close_timeout)
+        if limit is None:
+            raise ValueError("close_timeout must be a number of seconds: a silent peer must not hold a flow")
+        super().__init__(listener)
+        self.close_timeout = limit
 
-    def open_flow(self, sock: socket.socket, timeout: float | None) -> Flow:  # type: ignore[override]
-        """The accepted socket as a flow, framed if this listener frames.
-
-        TLS, if any, runs over the framing (:meth:`secure`, as for every
-        listener).
-        """
-        flow = super().open_flow(sock, timeout)
-        return FramedFlow(flow, close_timeout=self.close_timeout) if self.framed else flow
+    def upgrade(self, flow: Flow) -> Flow:
+        """Frame ``flow``: nothing is exchanged, so this never waits."""
+        return FramedFlow(flow, close_timeout=self.close_timeout)
 
 
 def listen_vsock(
@@ -115,9 +98,9 @@ def listen_vsock(
     close_timeout: float = DEFAULT_CLOSE_TIMEOUT,
     backlog: int = DEFAULT_BACKLOG,
     tls_context: SSL.Context | None = None,
-    handshake_timeout: float = DEFAULT_HANDSHAKE_TIMEOUT,
-) -> VsockListener:
-    """Listen on AF_VSOCK ``cid:port``.
+    handshake_timeout: float | _TLSDefault | None = _TLS_DEFAULT,
+) -> Listener:
+    """Listen on AF_VSOCK ``cid:port``; the listener's URL is ``vsock://CID:PORT``.
 
     Args:
         cid: :data:`VMADDR_CID_ANY` for every CID of this machine, or one
@@ -125,10 +108,11 @@ def listen_vsock(
         port: the port; :data:`VMADDR_PORT_ANY` picks a free one (read it
             from the listener's ``address``).
         framed: wrap each accepted flow in a :class:`~greenflow.FramedFlow`
-            (hvsock's protocol; the clients must speak it too).
+            (a :class:`FramedListener` over the socket listener; the clients
+            must speak hvsock's protocol too).
         close_timeout: the framed flows' ``close_timeout``.
         tls_context: run a TLS server handshake on each flow (over the
-            framing when framed).
+            framing when framed), as for :func:`~greenflow.listen_tcp`.
 
     Raises:
         TypeError, ValueError: ``cid`` or ``port`` is not a 32-bit number.
@@ -154,13 +138,10 @@ def listen_vsock(
     except BaseException:  # pragma: no cover - an interruption between two system calls
         sock.close()
         raise
-    return VsockListener(
-        sock,
-        framed=framed,
-        close_timeout=close_timeout,
-        tls_context=tls_context,
-        handshake_timeout=handshake_timeout,
-    )
+    listener = Listener(sock)
+    if framed:
+        listener = FramedListener(listener, close_timeout=close_timeout)
+    return _with_tls(listener, tls_context, handshake_timeout)
 
 
 def connect_vsock_uds(

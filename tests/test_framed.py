@@ -276,17 +276,20 @@ def test_unwrap_hands_back_the_bytes_after_the_peers_close() -> None:
             flow.unwrap()
 
 
-def test_unwrap_on_both_ends() -> None:
-    a, b = framed(greenflow.socketpair)()
-    a.write(b"framed")
+@pytest.mark.parametrize("transport", ["socketpair", "lockstep"])
+def test_unwrap_on_both_ends(transport: str) -> None:
+    a, b = framed({"socketpair": greenflow.socketpair, "lockstep": lockstep_pair}[transport])()
+    sending = gevent.spawn(a.write, b"framed")
     assert b.read() == b"framed"
+    sending.get(timeout=5)
     left = gevent.spawn(a.unwrap)
     right = gevent.spawn(b.unwrap)
     (ta, rest_a), (tb, rest_b) = left.get(timeout=5), right.get(timeout=5)
     assert rest_a == rest_b == b""
     with ta, tb:
-        ta.write(b"clear")
+        sending = gevent.spawn(ta.write, b"clear")
         assert tb.read() == b"clear"
+        sending.get(timeout=5)
 
 
 def test_unwrap_refuses_data_instead_of_a_close() -> None:

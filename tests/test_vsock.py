@@ -20,7 +20,7 @@ from greenflow.vsock import (
     VMADDR_CID_ANY,
     VMADDR_CID_LOCAL,
     VMADDR_PORT_ANY,
-    VsockListener,
+    FramedListener,
     connect_vsock_uds,
     listen_vsock,
 )
@@ -28,6 +28,14 @@ from greenflow.vsock import (
 from tls_helpers import contexts, shared_certs
 
 # -- listening -------------------------------------------------------------------------------
+
+
+def test_a_framed_listener_needs_a_close_timeout() -> None:
+    with (
+        listening(VMADDR_CID_ANY, VMADDR_PORT_ANY) as inner,
+        pytest.raises(ValueError, match="close_timeout"),
+    ):
+        FramedListener(inner, close_timeout=None)  # type: ignore[arg-type]
 
 
 def test_cid_constants() -> None:
@@ -49,9 +57,10 @@ def test_listen_on_any_cid_and_any_port() -> None:
 def test_a_framed_listener_frames_each_flow() -> None:
     with listening(VMADDR_CID_ANY, VMADDR_PORT_ANY, framed=True, close_timeout=2) as listener:
         assert listener.url.startswith("vsock+framed://")
+        assert isinstance(listener, FramedListener) and listener.close_timeout == 2
         accepted, other = socket.socketpair()
         b = greenflow.from_socket(other)
-        flow = listener.open_flow(accepted, None)  # what the server does with each connection
+        flow = listener.establish(listener.open_flow(accepted, None))  # as the server does
         assert isinstance(flow, FramedFlow) and flow.close_timeout == 2
         with flow, b:
             flow.write(b"x")
@@ -88,7 +97,7 @@ def test_bad_cids_and_ports(cid: object, port: object, error: type[Exception]) -
 
 
 @contextmanager
-def listening(cid: int, port: int, **options: object) -> Iterator[VsockListener]:
+def listening(cid: int, port: int, **options: object) -> Iterator[greenflow.Listener]:
     listener = listen_vsock(cid, port, **options)  # type: ignore[arg-type]
     try:
         yield listener
@@ -96,7 +105,7 @@ def listening(cid: int, port: int, **options: object) -> Iterator[VsockListener]
         listener.close()
 
 
-def _loopback_listener(**options: object) -> VsockListener:
+def _loopback_listener(**options: object) -> greenflow.Listener:
     """A listener on CID 1, or a skip saying why the kernel has no vsock loopback."""
     try:
         return listen_vsock(VMADDR_CID_LOCAL, VMADDR_PORT_ANY, **options)  # type: ignore[arg-type]
