@@ -153,6 +153,8 @@ class FramedFlow(FlowBase):
     )
 
     def __init__(self, flow: Flow, *, close_timeout: float = DEFAULT_CLOSE_TIMEOUT) -> None:
+        if not isinstance(flow, Flow):
+            raise TypeError(f"FramedFlow runs over a Flow, not {type(flow).__name__}")
         limit = check_timeout(close_timeout)
         if limit is None:
             raise ValueError("close_timeout must be a number of seconds: a silent peer must not hold a flow")

@@ -369,6 +369,8 @@ def test_close_timeout_must_be_a_number() -> None:
             FramedFlow(transport, close_timeout=None)  # type: ignore[arg-type]
         with pytest.raises(ValueError):
             FramedFlow(transport, close_timeout=-1)
+        with pytest.raises(TypeError, match="over a Flow"):
+            FramedFlow(raw.socket)  # type: ignore[arg-type]
 
 
 def test_the_transport_timeout_moves_to_the_framed_flow_and_back() -> None:
