@@ -538,3 +538,46 @@ def test_connect_server_name_and_alpn() -> None:
         other = run_connect(url, b"hi", "--cafile", certs.ca, "--server-name", "localhost", "--alpn", "h2")
         assert other.returncode == 1
         assert "cannot connect to" in one_line(other)
+
+
+def test_serve_has_safe_defaults_and_says_them() -> None:
+    from greenflow.server import default_max_connections
+
+    args = build_parser().parse_args(["serve"])
+    assert args.first_data_timeout == 30.0 and args.deadline is None and args.max_connections is None
+    help_text = " ".join(run_greenflow("serve", "--help").stdout.decode().split())
+    assert f"here {default_max_connections()}" in help_text
+    assert "(default 30; 0 turns it off" in help_text
+    from greenflow import tls
+
+    assert f"DEFAULT_HANDSHAKE_TIMEOUT, {tls.DEFAULT_HANDSHAKE_TIMEOUT:g})" in help_text
+
+
+def test_serve_closes_a_silent_client_and_a_trickling_one(children: list[Served]) -> None:
+    served = Served("--bind", "tcp://127.0.0.1:0", "--first-data-timeout", "0.3", "--deadline", "1.5")
+    children.append(served)
+    (url,) = served.wait_for(LISTENING)
+    host, port = host_port(url)
+    with greenflow.connect_tcp(host, port, timeout=10) as silent:
+        started = time.monotonic()
+        assert silent.read() == b""  # closed by the server: it sent nothing
+        assert time.monotonic() - started < 5
+    with greenflow.connect_tcp(host, port, timeout=10) as trickling:
+        started = time.monotonic()
+        with contextlib.suppress(greenflow.BrokenError):  # a reset is an end too
+            while time.monotonic() - started < 10:  # a byte every 0.1 s keeps per-call timeouts happy
+                trickling.write(b".")
+                if trickling.read() == b"":
+                    break
+                gevent.sleep(0.1)  # the trickle under test, not a wait
+        assert 1.0 < time.monotonic() - started < 8, "the deadline did not end the trickling client"
+    assert served.terminate() == 0
+    assert b"sent nothing in 0.3 s; closed" in served.output
+
+
+def test_the_command_line_loads_no_tls_for_plain_use() -> None:
+    code = (
+        "import sys; from greenflow.cli import build_parser; build_parser(); print('OpenSSL' in sys.modules)"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=30, env=ENV)
+    assert result.stdout.strip() == "False", result.stderr

@@ -31,12 +31,12 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from .. import __version__
-from ..listeners import DEFAULT_BACKLOG, DEFAULT_HANDSHAKE_TIMEOUT
+from ..listeners import DEFAULT_BACKLOG
 from ..selfsigned import write_self_signed_certificate
-from ..server import DEFAULT_GRACE
+from ..server import DEFAULT_GRACE, default_max_connections
 from ._common import CommandError, octal, positive_int, say, seconds
 from ._connect import connect, join_stdio, open_url, until_signalled
-from ._serve import load_handler, serve
+from ._serve import DEFAULT_FIRST_DATA_TIMEOUT, load_handler, serve
 
 __all__ = ["DEFAULT_BIND", "build_parser", "main"]
 
@@ -79,8 +79,41 @@ def _add_serve(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         help="tcp://HOST:PORT, HOST:PORT, tls://HOST:PORT, unix:/PATH, unix:@NAME, unix+tls:/PATH, "
         f"fd://N, systemd: or systemd:NAME (repeatable; default {DEFAULT_BIND})",
     )
+    _add_serve_limits(serve)
+    _add_serve_tls(serve)
+    serve.add_argument("--backlog", type=positive_int, default=DEFAULT_BACKLOG, help="listen() backlog")
+    serve.add_argument("--reuse-port", action="store_true", help="set SO_REUSEPORT on TCP listeners")
+    serve.add_argument("--unix-mode", type=octal, metavar="MODE", help="file mode of Unix sockets, e.g. 660")
     serve.add_argument(
-        "--max-connections", type=positive_int, metavar="N", help="connections open at once, at most"
+        "--log-level",
+        default="info",
+        choices=["debug", "info", "warning", "error", "critical"],
+        help="logging level (default info)",
+    )
+
+
+def _add_serve_limits(serve: argparse.ArgumentParser) -> None:
+    """The bounds on connections: how many, how silent, how long, how slow."""
+    serve.add_argument(
+        "--max-connections",
+        type=positive_int,
+        metavar="N",
+        help="connections open at once, at most (default: the descriptor limit less a reserve,"
+        f" here {default_max_connections()}); at the limit the kernel's backlog holds the next clients",
+    )
+    serve.add_argument(
+        "--first-data-timeout",
+        type=seconds,
+        default=DEFAULT_FIRST_DATA_TIMEOUT,
+        metavar="SECONDS",
+        help="close a connection that sends nothing for this long after connecting (default"
+        f" {DEFAULT_FIRST_DATA_TIMEOUT:g}; 0 turns it off, as protocols where the server speaks first need)",
+    )
+    serve.add_argument(
+        "--deadline",
+        type=seconds,
+        metavar="SECONDS",
+        help="the most a connection may live in all, to end clients that trickle (default none)",
     )
     serve.add_argument(
         "--grace",
@@ -95,6 +128,10 @@ def _add_serve(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         metavar="SECONDS",
         help="each flow's timeout for every blocking call (default none)",
     )
+
+
+def _add_serve_tls(serve: argparse.ArgumentParser) -> None:
+    """The TLS options of ``serve``."""
     tls = serve.add_argument_group("TLS (for tls:// and unix+tls: binds)")
     tls.add_argument(
         "--certfile", type=Path, help="certificate chain (PEM); default: a self-signed one, made at start"
@@ -109,18 +146,8 @@ def _add_serve(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     tls.add_argument(
         "--handshake-timeout",
         type=seconds,
-        default=DEFAULT_HANDSHAKE_TIMEOUT,
         metavar="SECONDS",
-        help=f"how long a TLS handshake may take (default {DEFAULT_HANDSHAKE_TIMEOUT:g})",
-    )
-    serve.add_argument("--backlog", type=positive_int, default=DEFAULT_BACKLOG, help="listen() backlog")
-    serve.add_argument("--reuse-port", action="store_true", help="set SO_REUSEPORT on TCP listeners")
-    serve.add_argument("--unix-mode", type=octal, metavar="MODE", help="file mode of Unix sockets, e.g. 660")
-    serve.add_argument(
-        "--log-level",
-        default="info",
-        choices=["debug", "info", "warning", "error", "critical"],
-        help="logging level (default info)",
+        help="how long a TLS handshake may take (default: greenflow.tls.DEFAULT_HANDSHAKE_TIMEOUT, 10)",
     )
 
 

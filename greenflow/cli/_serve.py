@@ -11,7 +11,7 @@ import signal
 import sys
 import tempfile
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Final
 
 import gevent
 
@@ -19,7 +19,7 @@ from ..addresses import Endpoint, parse_url
 from ..errors import FlowError
 from ..handlers import BUILTIN_HANDLERS
 from ..listeners import Listener, listen_url
-from ..server import Handler, Server
+from ..server import Handler, Server, default_max_connections
 from ._common import USAGE, CommandError, describe_error, load_tls_context, say
 
 if TYPE_CHECKING:
@@ -27,6 +27,12 @@ if TYPE_CHECKING:
 
 #: The options that only TLS binds use.
 _TLS_OPTIONS = (("--certfile", "certfile"), ("--keyfile", "keyfile"), ("--client-cafile", "client_cafile"))
+
+
+#: How long ``greenflow serve`` lets a new connection stay silent by default:
+#: silent clients must not fill the descriptor limit. Generous for a person
+#: typing into ``greenflow connect``; 0 turns it off.
+DEFAULT_FIRST_DATA_TIMEOUT: Final = 30.0
 
 
 def serve(args: argparse.Namespace, binds: list[str]) -> int:
@@ -49,9 +55,11 @@ def serve(args: argparse.Namespace, binds: list[str]) -> int:
         server = Server(
             handler,
             *listeners,
-            max_connections=args.max_connections,
+            max_connections=args.max_connections or default_max_connections(),
             timeout=args.timeout,
             grace=args.grace,
+            first_data_timeout=args.first_data_timeout or None,
+            connection_deadline=args.deadline,
         )
         server.start()
 
@@ -139,7 +147,7 @@ def _make_listeners(
                 reuse_port=args.reuse_port,
                 mode=args.unix_mode,
                 tls_context=context,
-                handshake_timeout=args.handshake_timeout,
+                **({} if args.handshake_timeout is None else {"handshake_timeout": args.handshake_timeout}),
             )
             if not made:
                 raise CommandError(f"cannot listen on {endpoint.url}: it found no socket to listen on")

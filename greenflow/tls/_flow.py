@@ -28,7 +28,14 @@ from OpenSSL import SSL
 
 from ..errors import BrokenError, BusyError
 from ..flow import Buffer, Flow, Shutdown, check_max_bytes, log
-from ..kit import DirectionState, check_bytes_like, check_writable_buffer, closed_error, start_timer
+from ..kit import (
+    DirectionState,
+    check_buffers,
+    check_bytes_like,
+    check_writable_buffer,
+    closed_error,
+    start_timer,
+)
 from ._engine import (
     _RECORD_OVERHEAD,
     NEED_INPUT,
@@ -208,7 +215,7 @@ class TLSFlow(TLSPump):
         writer = self._writer
         writer.enter("writev")
         try:
-            views = [check_bytes_like(buffer) for buffer in buffers]  # TypeError: nothing sent
+            views = check_buffers(buffers)  # TypeError: nothing sent
         except BaseException:
             writer.leave()
             raise
