@@ -1,0 +1,129 @@
+"""Charging traced memory to greenlets: a chained ``greenlet.settrace`` hook.
+
+At every switch the hook reads tracemalloc's current traced size and charges
+the change since the previous switch to the greenlet switched *out* (the
+origin): that is what it allocated, net of what it freed, while it ran. The
+hook then always calls the trace function that was installed before it, so
+gevent's blocked-loop monitor (``max_blocking_time``, which counts switches
+in its own trace function) keeps working while memtrace runs; a trace
+function installed after ours chains to ours in the same way.
+
+Removing the hook puts the previous function back only if ours is still the
+one installed; otherwise someone chained after us, and unhooking would cut
+them off, so ours stays in the chain but only passes the events on.
+
+The charges are held per greenlet object for one interval at most
+(:meth:`SwitchAccounting.take` hands them over and starts afresh), so a
+greenlet that ended is kept alive only until the next sample. Labels are
+worked out at sample time, not at switch time: the hook itself does one
+dictionary update per switch.
+"""
+
+from __future__ import annotations
+
+import enum
+import tracemalloc
+from collections.abc import Callable
+from typing import Any
+
+import greenlet
+
+__all__ = ["SwitchAccounting", "label_of"]
+
+_TraceFunction = Callable[[str, Any], Any]
+
+
+class _HookState(enum.Enum):
+    IDLE = "not installed"
+    CHARGING = "installed and charging"
+    PASSING = "left in the chain, passing events on only"
+
+
+class SwitchAccounting:
+    """The trace function; call :meth:`install`, then :meth:`take` each interval."""
+
+    def __init__(self) -> None:
+        self.previous: _TraceFunction | None = None
+        self.state = _HookState.IDLE
+        self._charges: dict[Any, int] = {}
+        self._last = 0
+
+    def install(self) -> None:
+        """Put the hook in front of the current trace function."""
+        if self.state is _HookState.PASSING:
+            self.state = _HookState.CHARGING  # still in the chain: charge again
+        else:
+            self.previous = greenlet.settrace(self)
+            self.state = _HookState.CHARGING
+        self._last = tracemalloc.get_traced_memory()[0]
+
+    def uninstall(self) -> None:
+        """Stop charging; take the hook out of the chain if nobody came after it."""
+        if self.state is not _HookState.CHARGING:
+            return
+        self._charges = {}
+        if greenlet.gettrace() is self:
+            greenlet.settrace(self.previous)
+            self.previous = None
+            self.state = _HookState.IDLE
+        else:
+            self.state = _HookState.PASSING
+
+    def __call__(self, event: str, args: Any) -> None:
+        if self.state is _HookState.CHARGING and (event == "switch" or event == "throw"):
+            now = tracemalloc.get_traced_memory()[0]
+            origin = args[0]
+            charges = self._charges
+            charges[origin] = charges.get(origin, 0) + now - self._last
+            self._last = now
+        previous = self.previous
+        if previous is not None:
+            previous(event, args)
+
+    def take(self) -> dict[Any, int]:
+        """The charges since the last call, by greenlet; the current one's included."""
+        now = tracemalloc.get_traced_memory()[0]
+        charges, self._charges = self._charges, {}
+        current = greenlet.getcurrent()
+        charges[current] = charges.get(current, 0) + now - self._last
+        self._last = now
+        return charges
+
+
+def label_of(glet: Any) -> str:
+    """A readable name for a greenlet: its handler and peer for a server connection.
+
+    A :class:`greenflow.Server` connection greenlet carries ``server`` and
+    ``peer``; the label is the handler's qualified name and the peer's
+    address. A gevent greenlet is named by the function it runs; the hub and
+    the main greenlet by what they are.
+    """
+    peer = getattr(glet, "peer", None)
+    server = getattr(glet, "server", None)
+    handler = getattr(server, "_handler", None) if server is not None else None
+    if handler is not None:
+        where = f" from {_peer_text(peer)}" if peer not in (None, "", b"") else ""
+        return f"{_callable_name(handler)}{where}"
+    if glet.parent is None:
+        return "main greenlet"
+    kind = type(glet).__name__
+    if kind == "Hub":
+        return "gevent hub"
+    run = getattr(glet, "_run", None) or getattr(glet, "run", None)
+    if run is not None:
+        return _callable_name(run)
+    return kind
+
+
+def _peer_text(peer: object) -> str:
+    if isinstance(peer, tuple) and len(peer) >= 2:
+        host = str(peer[0])
+        return f"[{host}]:{peer[1]}" if ":" in host else f"{host}:{peer[1]}"
+    return str(peer)
+
+
+def _callable_name(function: object) -> str:
+    target = getattr(function, "__func__", function)
+    module = getattr(target, "__module__", None)
+    name = getattr(target, "__qualname__", None) or type(target).__name__
+    return f"{module}.{name}" if module else str(name)
