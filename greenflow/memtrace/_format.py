@@ -204,9 +204,9 @@ def encode(record: Record) -> bytes:
     tracer sends them most important first) and leaves out the rest.
     """
     if isinstance(record, Hello):
-        payload = _HELLO.pack(
-            record.pid, record.started, record.interval, record.frames, record.top
-        ) + _text(record.program)
+        payload = _HELLO.pack(record.pid, record.started, record.interval, record.frames, record.top) + _text(
+            record.program
+        )
         return _frame(_Type.HELLO, payload)
     if isinstance(record, End):
         return _frame(_Type.END, _text(record.reason))
@@ -217,9 +217,7 @@ def encode(record: Record) -> bytes:
     usages, _ = _fitting(usages[:0xFFFF], room // 4)
     room -= sum(map(len, usages))
     sites, _ = _fitting([_site(site) for site in record.sites[:0xFFFF]], room)
-    payload = b"".join(
-        [head, _COUNT.pack(len(sites)), *sites, _COUNT.pack(len(usages)), *usages]
-    )
+    payload = b"".join([head, _COUNT.pack(len(sites)), *sites, _COUNT.pack(len(usages)), *usages])
     return _frame(_Type.SAMPLE, payload)
 
 
@@ -278,7 +276,7 @@ def _decode_hello(payload: _Payload) -> Hello:
 
 
 def _decode_site(payload: _Payload) -> Site:
-    size, growth, count, count_growth, depth = (int(v) for v in payload.take(_SITE))  # type: ignore[call-overload]
+    size, growth, count, count_growth, depth = (int(v) for v in payload.take(_SITE))
     frames = tuple((payload.text(), payload.int(_LINE)) for _ in range(depth))
     return Site(frames, size, growth, count, count_growth)
 
@@ -369,7 +367,9 @@ class Decoder:
         try:
             kind = _Type(code)
         except ValueError:
-            raise TraceFormatError(f"record type {code} is unknown to format version {FORMAT_VERSION}") from None
+            raise TraceFormatError(
+                f"record type {code} is unknown to format version {FORMAT_VERSION}"
+            ) from None
         if (kind is _Type.HELLO) != (self._state is _State.HELLO):
             raise TraceFormatError(f"a {kind.name} record where the stream was {self._state.value}")
         payload = _Payload(raw, kind)

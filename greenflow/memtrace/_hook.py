@@ -23,14 +23,14 @@ from __future__ import annotations
 
 import enum
 import tracemalloc
-from collections.abc import Callable
 from typing import Any
 
 import greenlet
 
 __all__ = ["SwitchAccounting", "label_of"]
 
-_TraceFunction = Callable[[str, Any], Any]
+#: The events that switch greenlets ("throw" raises into the target; both switch).
+_SWITCHES = frozenset({"switch", "throw"})
 
 
 class _HookState(enum.Enum):
@@ -43,7 +43,7 @@ class SwitchAccounting:
     """The trace function; call :meth:`install`, then :meth:`take` each interval."""
 
     def __init__(self) -> None:
-        self.previous: _TraceFunction | None = None
+        self.previous: Any = None  # what greenlet.settrace returned: a callable or None
         self.state = _HookState.IDLE
         self._charges: dict[Any, int] = {}
         self._last = 0
@@ -62,7 +62,7 @@ class SwitchAccounting:
         if self.state is not _HookState.CHARGING:
             return
         self._charges = {}
-        if greenlet.gettrace() is self:
+        if _installed(self):
             greenlet.settrace(self.previous)
             self.previous = None
             self.state = _HookState.IDLE
@@ -70,7 +70,7 @@ class SwitchAccounting:
             self.state = _HookState.PASSING
 
     def __call__(self, event: str, args: Any) -> None:
-        if self.state is _HookState.CHARGING and (event == "switch" or event == "throw"):
+        if self.state is _HookState.CHARGING and event in _SWITCHES:
             now = tracemalloc.get_traced_memory()[0]
             origin = args[0]
             charges = self._charges
@@ -88,6 +88,10 @@ class SwitchAccounting:
         charges[current] = charges.get(current, 0) + now - self._last
         self._last = now
         return charges
+
+
+def _installed(hook: object) -> bool:
+    return greenlet.gettrace() is hook
 
 
 def label_of(glet: Any) -> str:

@@ -29,7 +29,6 @@ parent's viewers.
 from __future__ import annotations
 
 import enum
-import heapq
 import os
 import sys
 import time
@@ -69,6 +68,14 @@ _FILTERS: Final = (
 
 #: What ``start`` takes as a target.
 Target = Flow | Listener | str
+
+
+def _growth(diff: tracemalloc.StatisticDiff) -> tuple[int, int]:
+    return diff.size_diff, diff.size
+
+
+def _amount(item: tuple[str, int]) -> int:
+    return item[1]
 
 
 class TracerState(enum.Enum):
@@ -206,7 +213,8 @@ class Tracer:
         """Build one sample from two snapshots and the greenlets' charges since the last one."""
         key = "lineno" if self.frames == 1 else "traceback"
         diffs = snapshot.compare_to(previous, key)
-        grown = heapq.nlargest(self.top, diffs, key=lambda diff: (diff.size_diff, diff.size))
+        # sorted, not heapq: heapq is Python code, and its allocations would show as a site.
+        grown = sorted(diffs, key=_growth, reverse=True)[: self.top]
         sites = tuple(
             Site(
                 tuple((frame.filename, frame.lineno) for frame in diff.traceback),
@@ -232,7 +240,7 @@ class Tracer:
         totals = self._totals
         for label, amount in by_label.items():
             totals[label] = totals.get(label, 0) + amount
-        top = heapq.nlargest(self.top, by_label.items(), key=lambda item: item[1])
+        top = sorted(by_label.items(), key=_amount, reverse=True)[: self.top]
         if len(totals) > 8 * self.top + 256:  # bounded: keep the largest
-            self._totals = dict(heapq.nlargest(4 * self.top, totals.items(), key=lambda item: item[1]))
+            self._totals = dict(sorted(totals.items(), key=_amount, reverse=True)[: 4 * self.top])
         return tuple(GreenletUsage(label, amount, totals[label]) for label, amount in top)
