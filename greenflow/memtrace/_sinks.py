@@ -259,8 +259,7 @@ class ListenOutput(Output):
         self.listeners: list[Listener] = [where] if isinstance(where, Listener) else listen_url(where)
         if not self.listeners:
             raise ValueError(f"{where} found no socket to listen on")
-        for listener in self.listeners:
-            self._spawn(self._accept, listener)
+        self._acceptors = [self._spawn(self._accept, listener) for listener in self.listeners]
 
     @property
     def urls(self) -> list[str]:
@@ -292,7 +291,15 @@ class ListenOutput(Output):
 
     def abandon(self) -> None:
         super().abandon()
+        # The accept loops wait on watchers of the listening descriptors: they
+        # end first (at the child's next loop turn), and then the descriptors
+        # are closed, the child's copies only: the parent keeps listening, and
+        # the socket file stays (Listener.close would remove it).
+        gevent.killall(self._acceptors, block=False)
+        gevent.spawn(self._forget_listeners)
+
+    def _forget_listeners(self) -> None:
+        gevent.joinall(self._acceptors)
         for listener in self.listeners:
-            # Only the child's copy: the parent keeps listening.
             if listener.fileno() >= 0:
                 os.close(listener.socket.detach())
