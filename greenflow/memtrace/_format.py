@@ -242,7 +242,7 @@ class _Payload:
     def take(self, shape: struct.Struct) -> tuple[int | float | bytes, ...]:
         end = self._at + shape.size
         if end > len(self._data):
-            raise TraceFormatError(f"a {self._kind.name} record is cut short ({len(self._data)} bytes)")
+            raise TraceFormatError(f"the {self._kind.name} record is cut short ({len(self._data)} bytes)")
         values = shape.unpack_from(self._data, self._at)
         self._at = end
         return values
@@ -256,18 +256,18 @@ class _Payload:
         length = self.int(_TEXT)
         end = self._at + length
         if end > len(self._data):
-            raise TraceFormatError(f"a {self._kind.name} record is cut short inside a string")
+            raise TraceFormatError(f"the {self._kind.name} record is cut short inside a string")
         raw = self._data[self._at : end]
         self._at = end
         try:
             return raw.decode("utf-8")
         except UnicodeDecodeError as exc:
-            raise TraceFormatError(f"a {self._kind.name} record holds a string that is not UTF-8") from exc
+            raise TraceFormatError(f"the {self._kind.name} record holds a string that is not UTF-8") from exc
 
     def finish(self) -> None:
         if self._at != len(self._data):
             extra = len(self._data) - self._at
-            raise TraceFormatError(f"a {self._kind.name} record has {extra} bytes too many")
+            raise TraceFormatError(f"the {self._kind.name} record has {extra} bytes too many")
 
 
 def _decode_hello(payload: _Payload) -> Hello:
@@ -371,7 +371,7 @@ class Decoder:
                 f"record type {code} is unknown to format version {FORMAT_VERSION}"
             ) from None
         if (kind is _Type.HELLO) != (self._state is _State.HELLO):
-            raise TraceFormatError(f"a {kind.name} record where the stream was {self._state.value}")
+            raise TraceFormatError(f"the {kind.name} record arrived where the stream was {self._state.value}")
         payload = _Payload(raw, kind)
         record: Record
         if kind is _Type.HELLO:
