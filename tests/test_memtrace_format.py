@@ -122,7 +122,7 @@ def test_a_truncated_stream_is_an_error_at_its_end(cut: int) -> None:
     data = _stream(HELLO, SAMPLE)
     decoder = Decoder()
     decoder.feed(data[:cut])
-    with pytest.raises(TraceFormatError, match="the stream ends .* bytes into a frame or preamble"):
+    with pytest.raises(TraceFormatError, match=r"the stream ends .* bytes into a frame or preamble"):
         decoder.end()
     with pytest.raises(TraceFormatError):
         decoder.feed(b"")

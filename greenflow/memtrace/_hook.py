@@ -36,6 +36,7 @@ _SWITCHES = frozenset({"switch", "throw"})
 class _HookState(enum.Enum):
     IDLE = "not installed"
     CHARGING = "installed and charging"
+    PAUSED = "installed, not charging while the tracer's own work runs"
     PASSING = "left in the chain, passing events on only"
 
 
@@ -57,8 +58,26 @@ class SwitchAccounting:
             self.state = _HookState.CHARGING
         self._last = tracemalloc.get_traced_memory()[0]
 
+    def pause(self) -> None:
+        """Charge nobody until :meth:`resume`: the tracer's worker thread is allocating.
+
+        tracemalloc's traced size is the whole process's; what a snapshot
+        allocates in the worker thread would otherwise be charged to whichever
+        greenlet switched next.
+        """
+        if self.state is _HookState.CHARGING:
+            self.state = _HookState.PAUSED
+
+    def resume(self) -> None:
+        """Charge again, from the traced size now."""
+        if self.state is _HookState.PAUSED:
+            self._last = tracemalloc.get_traced_memory()[0]
+            self.state = _HookState.CHARGING
+
     def uninstall(self) -> None:
         """Stop charging; take the hook out of the chain if nobody came after it."""
+        if self.state is _HookState.PAUSED:
+            self.state = _HookState.CHARGING
         if self.state is not _HookState.CHARGING:
             return
         self._charges = {}

@@ -5,8 +5,8 @@ The sampler never writes to a flow. It *offers* each record to every
 most 32 KiB encoded, so a viewer costs the traced process a bounded amount
 of memory) and one writer greenlet per sink drains them to the viewer's
 flow. A viewer that reads slowly, or not at all, blocks only its own writer;
-records offered meanwhile are dropped and counted, and the count goes out in
-the next record that is written to it. A write error ends that viewer only.
+the oldest queued records are dropped and counted, and the count goes out
+in the next record that is written to it (the one right after the gap). A write error ends that viewer only.
 
 Three kinds of output feed sinks:
 
@@ -118,12 +118,16 @@ class Sink:
         self._pid = os.getpid()
 
     def offer(self, record: Record) -> None:
-        """Queue a record, or count it dropped if the queue is full. Never blocks."""
+        """Queue a record; if the queue is full, drop its oldest and count it. Never blocks.
+
+        Dropping the oldest keeps what a viewer sees when it catches up fresh,
+        and puts every gap right before the record that reports it.
+        """
         if self.state is not SinkState.OPEN:
             return
         if len(self._queue) >= QUEUE_RECORDS:
+            self._queue.popleft()
             self.dropped += 1
-            return
         self._queue.append(record)
         self._idle.clear()
         self._ready.set()

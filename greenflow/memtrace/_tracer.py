@@ -1,21 +1,29 @@
 """The tracer: tracemalloc snapshots at an interval, turned into records for the outputs.
 
 Theory of operation. :meth:`Tracer.start` starts ``tracemalloc`` (unless it
-was already running: then it is left as it was found), takes a baseline
-snapshot, installs the greenlet switch hook and spawns the *sampler*
-greenlet. Every ``interval`` seconds the sampler takes a snapshot, compares
-it with the previous one (by line, or by traceback when ``frames`` > 1),
-and builds one :class:`~._format.Sample`: the process's RSS, tracemalloc's
-current and peak traced size, the ``top`` sites that grew most, and the
-``top`` greenlets that were charged most traced memory while they ran. The
-sample is *offered* to the output, which never blocks (``_sinks``): the only
-time the hub spends on tracing is the snapshot and the comparison, about a
-millisecond per 10,000 live allocations with the default single frame (see
-``benchmarks/memtrace.py``), plus a dictionary update per greenlet switch.
+was already running: then it is left as it was found), installs the
+greenlet switch hook and spawns the *sampler* greenlet. Every ``interval``
+seconds the sampler has a worker thread of gevent's thread pool take a
+snapshot and total it by site (by line, or by traceback when ``frames`` >
+1), compares the totals with the previous ones (only the totals are kept,
+never a whole snapshot), and builds one :class:`~._format.Sample`: the
+process's RSS, tracemalloc's current and peak traced size, the ``top``
+sites that grew most, and the ``top`` greenlets that were charged most
+traced memory while they ran. The sample is *offered* to the output, which
+never blocks (``_sinks``).
 
-The snapshot leaves out the tracer's own allocations (this package's files,
+What the hub pays: a dictionary update per greenlet switch, and, once per
+interval, the time ``take_snapshot`` holds the GIL to copy the traces
+(C code: roughly a microsecond per live traced block). The Python work of
+totalling runs in the worker thread, which hands the GIL back to the hub
+every switch interval (5 ms). When snapshots get slow (millions of live
+blocks) the sampler stretches its interval so that they take at most
+:data:`MAX_DUTY` of the time. ``benchmarks/memtrace.py`` measures it all.
+
+The totals leave out the tracer's own allocations (this package's files,
 ``tracemalloc`` itself, the import machinery); the greenlets that work for
-the tracer (the sampler, the writers, the accept loops) are not charged.
+the tracer (the sampler, the writers, the accept loops) are not charged,
+and while the worker thread allocates the hook charges nobody.
 
 States: ``RUNNING`` until :meth:`stop` (``STOPPED``), or until the process
 forks: the child's copy becomes ``FORKED`` at once, in an
@@ -36,6 +44,8 @@ import tracemalloc
 from typing import Final
 
 import gevent
+from gevent.event import Event
+from gevent.threadpool import ThreadPool
 
 from ..flow import Flow
 from ..listeners import Listener
@@ -57,25 +67,76 @@ DEFAULT_TOP: Final = 10
 #: How long :meth:`Tracer.stop` lets each viewer take to receive the END record.
 STOP_TIMEOUT: Final = 1.0
 
-_PACKAGE_FILES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "*")
-_FILTERS: Final = (
-    tracemalloc.Filter(False, _PACKAGE_FILES),
-    tracemalloc.Filter(False, tracemalloc.__file__),
-    tracemalloc.Filter(False, "<frozen importlib._bootstrap>"),
-    tracemalloc.Filter(False, "<frozen importlib._bootstrap_external>"),
-    tracemalloc.Filter(False, "<unknown>"),
+#: The sampler keeps the time spent on snapshots under this share of the time.
+MAX_DUTY: Final = 0.2
+
+_PACKAGE_DIRECTORY = os.path.dirname(os.path.abspath(__file__)) + os.sep
+_OWN_FILES: Final = frozenset(
+    {
+        tracemalloc.__file__,
+        "<frozen importlib._bootstrap>",
+        "<frozen importlib._bootstrap_external>",
+        "<unknown>",
+    }
 )
 
-#: What ``start`` takes as a target.
-Target = Flow | Listener | str
+#: Sizes and counts by traceback, from one snapshot.
+SiteTotals = dict[tracemalloc.Traceback, tuple[int, int]]
 
 
-def _growth(diff: tracemalloc.StatisticDiff) -> tuple[int, int]:
-    return diff.size_diff, diff.size
+def _is_own(traceback: tracemalloc.Traceback) -> bool:
+    filename = traceback[-1].filename if len(traceback) else "<unknown>"  # the innermost frame
+    return filename in _OWN_FILES or filename.startswith(_PACKAGE_DIRECTORY)
+
+
+def _growth(item: tuple[tracemalloc.Traceback, tuple[int, int, int, int]]) -> tuple[int, int]:
+    _, (size, growth, _count, _count_growth) = item
+    return growth, size
 
 
 def _amount(item: tuple[str, int]) -> int:
     return item[1]
+
+
+def site_totals(key: str, previous: SiteTotals, top: int) -> tuple[SiteTotals, tuple[Site, ...], float]:
+    """Snapshot, total by site (the tracer's own allocations left out), pick the top sites.
+
+    Runs in a worker thread; returns the totals, the top sites, and the CPU
+    seconds the thread spent.
+    """
+    began = time.thread_time()
+    snapshot = tracemalloc.take_snapshot()
+    totals = {
+        stat.traceback: (stat.size, stat.count)
+        for stat in snapshot.statistics(key)
+        if not _is_own(stat.traceback)
+    }
+    del snapshot
+    return totals, top_sites(totals, previous, top), time.thread_time() - began
+
+
+def top_sites(totals: SiteTotals, previous: SiteTotals, top: int) -> tuple[Site, ...]:
+    """The ``top`` sites that grew most since ``previous`` (then the largest, among equals)."""
+    changes = {}
+    for traceback, (size, count) in totals.items():
+        old_size, old_count = previous.get(traceback, (0, 0))
+        changes[traceback] = (size, size - old_size, count, count - old_count)
+    grown = sorted(changes.items(), key=_growth, reverse=True)[:top]
+    return tuple(
+        # A Traceback lists the oldest frame first; a Site, the innermost.
+        Site(
+            tuple((frame.filename, frame.lineno) for frame in reversed(traceback)),
+            size,
+            growth,
+            count,
+            count_growth,
+        )
+        for traceback, (size, growth, count, count_growth) in grown
+    )
+
+
+#: What ``start`` takes as a target.
+Target = Flow | Listener | str
 
 
 class TracerState(enum.Enum):
@@ -132,6 +193,7 @@ class Tracer:
         self._hook = SwitchAccounting()
         self._owns_tracemalloc = False
         self._sampler: gevent.Greenlet | None = None  # type: ignore[type-arg]
+        self._stopping = Event()  # wakes the sampler from its sleep
         self._totals: dict[str, int] = {}
 
     @property
@@ -153,15 +215,18 @@ class Tracer:
             raise
         self._hook.install()
         self.state = TracerState.RUNNING
-        baseline = self._snapshot()
-        self._sampler = gevent.spawn(self._run, baseline, time.monotonic())
+        self._sampler = gevent.spawn(self._run, time.monotonic())
 
     def stop(self, reason: str = "tracing stopped") -> None:
         """Stop sampling; send END to the viewers (briefly waiting for them); undo start."""
         if self.state is not TracerState.RUNNING:
             return
         self.state = TracerState.STOPPED
-        if self._sampler is not None and self._sampler is not gevent.getcurrent():
+        self._stopping.set()
+        if self._sampler is not None:
+            # Not killed in the middle of a snapshot: the worker thread would
+            # go on, and find tracemalloc stopped under it.
+            self._sampler.join(STOP_TIMEOUT * 5)
             self._sampler.kill()
         self._hook.uninstall()
         if self.output is not None:
@@ -188,45 +253,43 @@ class Tracer:
 
     # -- sampling -----------------------------------------------------------------------
 
-    def _snapshot(self) -> tracemalloc.Snapshot:
-        return tracemalloc.take_snapshot().filter_traces(_FILTERS)
-
-    def _run(self, previous: tracemalloc.Snapshot, started: float) -> None:
+    def _run(self, started: float) -> None:
+        key = "lineno" if self.frames == 1 else "traceback"
+        pool = gevent.get_hub().threadpool
+        previous, _, _ = self._analyse(pool, key, {})
         seq = 0
         deadline = started
         while self.state is TracerState.RUNNING:
             deadline += self.interval
-            gevent.sleep(max(0.0, deadline - time.monotonic()))
-            if self.state is not TracerState.RUNNING:
+            if self._stopping.wait(max(0.0, deadline - time.monotonic())):
                 return
             seq += 1
-            snapshot = self._snapshot()
-            sample = self.sample(seq, time.monotonic() - started, snapshot, previous)
-            previous = snapshot
+            previous, sites, spent = self._analyse(pool, key, previous)
+            now = time.monotonic()
+            current, peak = tracemalloc.get_traced_memory()
+            sample = Sample(seq, now - started, _rss(), current, peak, 0, sites, self._greenlet_usage())
             assert self.output is not None
             self.output.offer(sample)
-            deadline = max(deadline, time.monotonic() - self.interval)  # no burst after a stall
+            # No burst after a stall, and snapshots take at most MAX_DUTY of the time.
+            deadline = max(deadline, now - self.interval, now + spent / MAX_DUTY - self.interval)
 
-    def sample(
-        self, seq: int, elapsed: float, snapshot: tracemalloc.Snapshot, previous: tracemalloc.Snapshot
-    ) -> Sample:
-        """Build one sample from two snapshots and the greenlets' charges since the last one."""
-        key = "lineno" if self.frames == 1 else "traceback"
-        diffs = snapshot.compare_to(previous, key)
-        # sorted, not heapq: heapq is Python code, and its allocations would show as a site.
-        grown = sorted(diffs, key=_growth, reverse=True)[: self.top]
-        sites = tuple(
-            Site(
-                tuple((frame.filename, frame.lineno) for frame in diff.traceback),
-                diff.size,
-                diff.size_diff,
-                diff.count,
-                diff.count_diff,
+    def _analyse(
+        self, pool: ThreadPool, key: str, previous: SiteTotals
+    ) -> tuple[SiteTotals, tuple[Site, ...], float]:
+        """A snapshot's totals and top sites, worked out in a worker thread, and its CPU time.
+
+        The hub goes on running between the Python steps of the work; it
+        waits only while ``take_snapshot`` itself copies the traces (C code
+        holding the GIL).
+        """
+        self._hook.pause()
+        try:
+            result: tuple[SiteTotals, tuple[Site, ...], float] = pool.apply(
+                site_totals, (key, previous, self.top)
             )
-            for diff in grown
-        )
-        current, peak = tracemalloc.get_traced_memory()
-        return Sample(seq, elapsed, _rss(), current, peak, 0, sites, self._greenlet_usage())
+            return result
+        finally:
+            self._hook.resume()
 
     def _greenlet_usage(self) -> tuple[GreenletUsage, ...]:
         charges = self._hook.take()
