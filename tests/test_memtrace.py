@@ -342,3 +342,32 @@ def test_gevent_max_blocking_time_reports_still_fire(order: str) -> None:
     healthy, blocked = map(int, result.stdout.split())
     assert healthy == 0, result.stderr
     assert blocked >= 1, result.stderr
+
+
+def test_a_greenlet_is_not_charged_for_greenlets_copy_of_its_stack() -> None:
+    def deep(depth: int, other: greenlet.greenlet) -> None:
+        if depth:
+            return deep(depth - 1, other)
+        for _ in range(1000):
+            other.switch()
+        return None
+
+    def idle() -> None:
+        while True:
+            deep_one.switch()
+
+    tracemalloc.start()
+    hook = SwitchAccounting()
+    try:
+        hook.install()
+        partner = greenlet.greenlet(idle)
+        deep_one = greenlet.greenlet(deep)
+        deep_one.switch(30, partner)
+        charges = hook.take()
+    finally:
+        hook.uninstall()
+        tracemalloc.stop()
+    assert deep_one.dead
+    # 1000 switches out of a deep stack: uncorrected, each would charge the copy (kilobytes).
+    assert abs(charges[deep_one][1]) < 20_000, charges[deep_one]
+    assert abs(charges[partner][1]) < 20_000, charges[partner]

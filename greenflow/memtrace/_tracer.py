@@ -50,7 +50,7 @@ from gevent.threadpool import ThreadPool
 from ..flow import Flow
 from ..listeners import Listener
 from ._format import End, GreenletUsage, Hello, Sample, Site
-from ._hook import SwitchAccounting, label_of
+from ._hook import SwitchAccounting
 from ._sinks import CollectorOutput, FlowOutput, ListenOutput, Output
 
 __all__ = ["DEFAULT_FRAMES", "DEFAULT_INTERVAL", "DEFAULT_TOP", "Target", "Tracer", "TracerState"]
@@ -295,11 +295,9 @@ class Tracer:
         charges = self._hook.take()
         own = {self._sampler, *(self.output.greenlets if self.output is not None else ())}
         by_label: dict[str, int] = {}
-        for glet, amount in charges.items():
-            if glet in own:
-                continue
-            label = label_of(glet)
-            by_label[label] = by_label.get(label, 0) + amount
+        for glet, (label, amount) in charges.items():
+            if glet not in own:
+                by_label[label] = by_label.get(label, 0) + amount
         totals = self._totals
         for label, amount in by_label.items():
             totals[label] = totals.get(label, 0) + amount
