@@ -371,3 +371,42 @@ def test_a_greenlet_is_not_charged_for_greenlets_copy_of_its_stack() -> None:
     # 1000 switches out of a deep stack: uncorrected, each would charge the copy (kilobytes).
     assert abs(charges[deep_one][1]) < 20_000, charges[deep_one]
     assert abs(charges[partner][1]) < 20_000, charges[partner]
+
+
+def test_the_public_names_and_that_import_greenflow_loads_none_of_it() -> None:
+    assert set(memtrace.__all__) == {
+        "DEFAULT_FRAMES",
+        "DEFAULT_INTERVAL",
+        "DEFAULT_TOP",
+        "FORMAT_VERSION",
+        "MAX_FRAME",
+        "Decoder",
+        "End",
+        "GreenletUsage",
+        "Hello",
+        "Record",
+        "Sample",
+        "Site",
+        "Target",
+        "TraceFormatError",
+        "TraceVersionError",
+        "Tracer",
+        "encode",
+        "install",
+        "is_tracing",
+        "preamble",
+        "read_trace",
+        "start",
+        "stop",
+        "toggle",
+    }
+    for name in memtrace.__all__:
+        assert getattr(memtrace, name) is not None
+    code = (
+        "import sys, greenflow; "
+        "assert 'greenflow.memtrace' not in sys.modules and 'rich' not in sys.modules; "
+        "import greenflow.memtrace; "
+        "assert 'rich' not in sys.modules and 'matplotlib' not in sys.modules"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=30)
+    assert result.returncode == 0, result.stderr

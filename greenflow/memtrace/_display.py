@@ -47,7 +47,8 @@ class PlainDisplay:
 
 def render(model: TraceModel, width: int = 100) -> RenderableType:
     """The whole screen for the model: a header, sparklines, the two tables."""
-    from rich.console import Group  # noqa: PLC0415 - rich loads only for the terminal UI
+    from rich import box  # noqa: PLC0415 - rich loads only for the terminal UI
+    from rich.console import Group  # noqa: PLC0415
     from rich.table import Table  # noqa: PLC0415
     from rich.text import Text  # noqa: PLC0415
 
@@ -72,21 +73,24 @@ def render(model: TraceModel, width: int = 100) -> RenderableType:
     line.append(f" {human_bytes(rss[-1])}")
     parts.append(line)
 
-    sites = Table(title="top growing allocation sites", title_justify="left", expand=True)
+    sites = Table(title="top growing allocation sites", title_justify="left", expand=True, box=box.SIMPLE)
     sites.add_column("site", overflow="fold", ratio=3)
     for heading in ("size", "growth", "count", "Δcount"):
         sites.add_column(heading, justify="right", ratio=1)
     for site in sample.sites:
         filename, _, lineno = describe_site(site).rpartition(":")
         sites.add_row(
-            f"{short_path(filename, 3)}:{lineno}",
+            f"{short_path(filename, 2)}:{lineno}",
             human_bytes(site.size),
             Text(human_bytes(site.growth), style="red" if site.growth > 0 else "green"),
             str(site.count),
             f"{site.count_growth:+d}",
         )
     greenlets = Table(
-        title="top greenlets (memory allocated while they ran)", title_justify="left", expand=True
+        title="top greenlets (memory allocated while they ran)",
+        title_justify="left",
+        expand=True,
+        box=box.SIMPLE,
     )
     greenlets.add_column("greenlet", overflow="fold", ratio=3)
     greenlets.add_column("this interval", justify="right", ratio=1)

@@ -94,7 +94,7 @@ def _growth(item: tuple[tracemalloc.Traceback, tuple[int, int, int, int]]) -> tu
     return growth, size
 
 
-def _amount(item: tuple[str, int]) -> int:
+def _amount(item: tuple[object, int]) -> int:
     return item[1]
 
 
@@ -194,7 +194,7 @@ class Tracer:
         self._owns_tracemalloc = False
         self._sampler: gevent.Greenlet | None = None  # type: ignore[type-arg]
         self._stopping = Event()  # wakes the sampler from its sleep
-        self._totals: dict[str, int] = {}
+        self._totals: dict[tuple[int, str], int] = {}  # (id, label) of a greenlet -> bytes since start
 
     @property
     def urls(self) -> list[str]:
@@ -294,14 +294,16 @@ class Tracer:
     def _greenlet_usage(self) -> tuple[GreenletUsage, ...]:
         charges = self._hook.take()
         own = {self._sampler, *(self.output.greenlets if self.output is not None else ())}
-        by_label: dict[str, int] = {}
+        # One row per greenlet, not per label: twenty clients with the same
+        # function must not add up to one big row above the real culprit.
+        this_interval: dict[tuple[int, str], int] = {}
         for glet, (label, amount) in charges.items():
             if glet not in own:
-                by_label[label] = by_label.get(label, 0) + amount
+                this_interval[id(glet), label] = amount
         totals = self._totals
-        for label, amount in by_label.items():
-            totals[label] = totals.get(label, 0) + amount
-        top = sorted(by_label.items(), key=_amount, reverse=True)[: self.top]
+        for key, amount in this_interval.items():
+            totals[key] = totals.get(key, 0) + amount
+        top = sorted(this_interval.items(), key=_amount, reverse=True)[: self.top]
         if len(totals) > 8 * self.top + 256:  # bounded: keep the largest
             self._totals = dict(sorted(totals.items(), key=_amount, reverse=True)[: 4 * self.top])
-        return tuple(GreenletUsage(label, amount, totals[label]) for label, amount in top)
+        return tuple(GreenletUsage(key[1], amount, totals[key]) for key, amount in top)
