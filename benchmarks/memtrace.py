@@ -30,19 +30,12 @@ from gevent import socket as gsocket
 
 from ._common import Measurement, listening
 from ._harness import Case, Workload
+from .idle_memory import _rss
 
 CLIENTS = 50
 MESSAGE = b"x" * 64
 
 _ROOT = Path(__file__).resolve().parent.parent
-
-
-def _rss() -> int:
-    with open("/proc/self/status") as status:
-        for line in status:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * 1024
-    raise RuntimeError("no VmRSS in /proc/self/status")
 
 
 def _cpu() -> float:

@@ -18,6 +18,7 @@ identical and only the library differs.
 from __future__ import annotations
 
 import asyncio
+import atexit
 import contextlib
 import functools
 import json
@@ -231,6 +232,7 @@ def _ceiling_binary() -> str:
     if compiler is None:
         raise Skip("skipped: no C compiler (cc) to build the C ceiling")
     folder = tempfile.mkdtemp(prefix="greenflow-bench-ceiling-")
+    atexit.register(shutil.rmtree, folder, True)  # the binary is kept for the whole run, then removed
     binary = os.path.join(folder, "ceiling")
     result = subprocess.run(
         [compiler, "-O2", "-o", binary, str(_CEILING_SOURCE)], capture_output=True, text=True, timeout=60

@@ -27,7 +27,6 @@ from __future__ import annotations
 import asyncio
 import atexit
 import contextlib
-import datetime
 import functools
 import os
 import shutil
@@ -40,15 +39,12 @@ from dataclasses import dataclass
 from typing import Any
 
 import gevent
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 from gevent import socket as gsocket
 from gevent import ssl as gssl
 from OpenSSL import SSL
 
 import greenflow
+from greenflow.selfsigned import certificate_authority
 
 from ._common import (
     CHUNK,
@@ -85,48 +81,10 @@ def certs() -> Certs:
     """A CA and a ``localhost`` certificate, in a folder removed at exit."""
     folder = tempfile.mkdtemp(prefix="greenflow-bench-tls-")
     atexit.register(shutil.rmtree, folder, True)
-    now = datetime.datetime.now(datetime.UTC)
-    ca_key = ec.generate_private_key(ec.SECP256R1())
-    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "greenflow benchmark CA")])
-    ca = (
-        x509.CertificateBuilder()
-        .subject_name(ca_name)
-        .issuer_name(ca_name)
-        .public_key(ca_key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(hours=1))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .add_extension(
-            x509.KeyUsage(False, False, False, False, False, True, True, False, False), critical=True
-        )
-        .sign(ca_key, hashes.SHA256())
-    )
-    key = ec.generate_private_key(ec.SECP256R1())
-    leaf = (
-        x509.CertificateBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, HOSTNAME)]))
-        .issuer_name(ca_name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(hours=1))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(x509.SubjectAlternativeName([x509.DNSName(HOSTNAME)]), critical=False)
-        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .sign(ca_key, hashes.SHA256())
-    )
-    ca_path = os.path.join(folder, "ca.pem")
-    server_path = os.path.join(folder, "server.pem")
-    with open(ca_path, "wb") as out:
-        out.write(ca.public_bytes(serialization.Encoding.PEM))
-    with open(server_path, "wb") as out:
-        out.write(leaf.public_bytes(serialization.Encoding.PEM))
-        out.write(
-            key.private_bytes(
-                serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-            )
-        )
-    return Certs(ca_path, server_path)
+    ca = certificate_authority("greenflow benchmark CA", days=1)
+    ca_path = ca.write(os.path.join(folder, "ca.pem"), with_key=False)
+    server_path = ca.issue([HOSTNAME], days=1).write(os.path.join(folder, "server.pem"))
+    return Certs(str(ca_path), str(server_path))
 
 
 def stdlib_contexts(module: Any = ssl) -> tuple[ssl.SSLContext, ssl.SSLContext]:

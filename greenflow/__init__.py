@@ -14,10 +14,21 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from .errors import BrokenError, BusyError, ClosedError, FlowError, FlowTimeout
+from .adapters import FlowIO, FlowSocket, socket_bridge
+from .buffered import BufferedFlow
+from .errors import (
+    BrokenError,
+    BusyError,
+    ClosedError,
+    FlowError,
+    FlowTimeout,
+    IncompleteReadError,
+    LimitOverrunError,
+)
 from .flow import DEFAULT_READ_SIZE, Flow, Shutdown
 from .listeners import (
     Listener,
+    ListenerLayer,
     listen_fd,
     listen_socket,
     listen_systemd,
@@ -44,12 +55,18 @@ if TYPE_CHECKING:
 __all__ = [
     "DEFAULT_READ_SIZE",
     "BrokenError",
+    "BufferedFlow",
     "BusyError",
     "ClosedError",
     "Flow",
     "FlowError",
+    "FlowIO",
+    "FlowSocket",
     "FlowTimeout",
+    "IncompleteReadError",
+    "LimitOverrunError",
     "Listener",
+    "ListenerLayer",
     "PipeFlow",
     "Server",
     "Shutdown",
@@ -74,6 +91,7 @@ __all__ = [
     "listen_unix",
     "listen_url",
     "pipe_pair",
+    "socket_bridge",
     "socketpair",
 ]
 
@@ -90,3 +108,9 @@ def __getattr__(name: str) -> object:
         globals()[name] = value
         return value
     raise AttributeError(f"module 'greenflow' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    # The TLS names are listed before they are loaded, so that dir() and
+    # help() show the whole API; help() loads them when it documents them.
+    return sorted(set(globals()) | _FROM_TLS)

@@ -28,6 +28,8 @@ __all__ = [
     "ClosedError",
     "FlowError",
     "FlowTimeout",
+    "IncompleteReadError",
+    "LimitOverrunError",
 ]
 
 
@@ -69,3 +71,51 @@ class FlowTimeout(FlowError, TimeoutError):
     write that timed out may have sent part of its data, so the flow's writing
     direction is broken afterwards.
     """
+
+
+class IncompleteReadError(FlowError, EOFError):
+    """EOF came in the middle of a record that a buffered read was waiting for.
+
+    Raised by :meth:`~greenflow.BufferedFlow.read_exactly` and
+    :meth:`~greenflow.BufferedFlow.read_until`. The bytes that did arrive
+    are consumed and carried in the error.
+
+    Attributes:
+        partial: the bytes read before EOF (possibly ``b""``).
+        expected: the byte count ``read_exactly`` asked for, or ``None`` when
+            a delimiter was expected.
+    """
+
+    def __init__(self, partial: bytes, expected: int | None, what: str | None = None) -> None:
+        self.partial = partial
+        self.expected = expected
+        if what is None:
+            what = f"{expected} bytes" if expected is not None else "the end of the record"
+        super().__init__(f"the flow reached EOF after {len(partial)} bytes, before {what}")
+
+    def __reduce__(self) -> tuple[type[IncompleteReadError], tuple[bytes, int | None]]:
+        return type(self), (self.partial, self.expected)
+
+
+class LimitOverrunError(FlowError):
+    """A delimited record did not end within its size limit.
+
+    The bytes read so far stay buffered, so the caller can decide what to do:
+    read them with ``read``, search again with a larger ``max_size``, or give
+    up and close. The flow itself is not broken.
+
+    Attributes:
+        delimiter: the delimiter that was searched for.
+        limit: the largest record allowed, the delimiter included.
+    """
+
+    def __init__(self, delimiter: bytes, limit: int) -> None:
+        self.delimiter = delimiter
+        self.limit = limit
+        super().__init__(
+            f"no {delimiter!r} within the first {limit} bytes (the record size limit); "
+            "the bytes read stay buffered"
+        )
+
+    def __reduce__(self) -> tuple[type[LimitOverrunError], tuple[bytes, int]]:
+        return type(self), (self.delimiter, self.limit)

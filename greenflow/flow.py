@@ -2,8 +2,8 @@
 
 This module is where the contract lives. Every flow type in greenflow, and any
 flow a user writes, is a subclass of :class:`Flow` and behaves as its
-docstrings say; implementations document only what they add. The design note
-``flow-contract.md`` is the longer form of the same text.
+docstrings say; implementations document only what they add. The contract
+page of the documentation (``docs/contract.md``) is the longer form.
 
 The helpers every implementation needs in the same way (direction state,
 argument checks, refusals, the per-call timer) are in :mod:`greenflow.kit`.

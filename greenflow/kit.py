@@ -48,7 +48,7 @@ from __future__ import annotations
 import enum
 import math
 from collections.abc import Iterable
-from typing import Final, NoReturn
+from typing import Final
 
 import gevent
 
@@ -59,9 +59,7 @@ __all__ = [
     "MAX_READ_SIZE",
     "Direction",
     "DirectionState",
-    "FlowAttributes",
     "FlowBase",
-    "begin_shutdown",
     "check_buffers",
     "check_bytes_like",
     "check_max_bytes",
@@ -70,8 +68,6 @@ __all__ = [
     "check_writable_buffer",
     "closed_error",
     "parse_shutdown",
-    "refuse_read",
-    "refuse_write",
     "start_timer",
 ]
 
@@ -411,84 +407,3 @@ def start_timer(seconds: float, what: str, *, setting: str = "the flow's timeout
     """
     message = f"{what} did not complete within {setting} of {seconds:g} seconds"
     return gevent.Timeout.start_new(seconds, FlowTimeout(message))
-
-
-# -- for flows not yet built on Direction (the TLS flow, until it moves) -------------
-
-
-class FlowAttributes:
-    """``closed`` and ``timeout`` kept in ``_closed`` and ``_timeout``.
-
-    A mixin for flows that store them so (list it before :class:`Flow`);
-    the setter validates the timeout.
-    """
-
-    __slots__ = ()
-    _closed: bool
-    _timeout: float | None
-
-    @property
-    def closed(self) -> bool:
-        """Whether :meth:`Flow.close` has been called on this flow."""
-        return self._closed
-
-    @property
-    def timeout(self) -> float | None:
-        """Seconds each blocking call may take, or ``None`` for no limit."""
-        return self._timeout
-
-    @timeout.setter
-    def timeout(self, value: float | None) -> None:
-        # The slot is the subclass's: this mixin must declare none, or it
-        # would clash with the subclass's layout.
-        self._timeout = check_timeout(value)  # type: ignore[misc]
-
-
-# -- helpers shared by every implementation --------------------------------------
-
-
-def begin_shutdown(how: Shutdown | str, *, closed: bool, writing: bool, write_shut: bool) -> Shutdown:
-    """The checks every ``shutdown`` makes first; returns ``how`` parsed.
-
-    Raises ValueError for a bad ``how``, ClosedError on a closed flow, and
-    BusyError when writing is to end while another greenlet writes.
-    """
-    how = parse_shutdown(how)
-    if closed:
-        raise closed_error("shut down")
-    if how.writes and not write_shut and writing:
-        raise BusyError("cannot shut down writing: another greenlet is writing")
-    return how
-
-
-def refuse_read(what: str, *, closed: bool, reading: bool, at_eof: bool, error: BaseException | None) -> bool:
-    """The checks before a read that cannot go ahead, in the contract's order.
-
-    Closed beats busy, local EOF (``shutdown("read")``, or EOF seen) beats
-    an earlier failure. Returns True when the read must return EOF now, and
-    raises otherwise; a flow calls it only when one of the four is set.
-    """
-    if closed:
-        raise closed_error(what)
-    if reading:
-        raise BusyError(f"cannot {what}: another greenlet is already reading this flow")
-    if at_eof:
-        return True
-    raise BrokenError(f"cannot {what}: an earlier read failed ({error})") from error
-
-
-def refuse_write(
-    what: str, *, closed: bool, writing: bool, shut: bool, error: BaseException | None
-) -> NoReturn:
-    """The checks before a write that cannot go ahead: raise the right error.
-
-    Closed beats busy, busy beats this side's shutdown, which beats an
-    earlier failure; a flow calls it only when one of the four is set.
-    """
-    if closed:
-        raise closed_error(what)
-    if writing:
-        raise BusyError(f"cannot {what}: another greenlet is already writing this flow")
-    if shut:
-        raise ClosedError(f"cannot {what}: this side has shut down writing")
-    raise BrokenError(f"cannot {what}: an earlier write failed ({error})") from error

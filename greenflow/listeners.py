@@ -18,34 +18,37 @@ socket it accepted into a flow. The constructors here make one each:
   ``tcp://host:port``, ``tls://host:port``, ``unix:/path``, ``unix:@name``
   (abstract namespace), ``fd://N`` and ``systemd:``.
 
-Every constructor takes ``tls_context``: with one, each accepted connection
-runs a TLS server handshake (``greenflow.tls.server``) in its own greenlet,
-bounded by ``handshake_timeout``, before the handler sees it. The accept path
-never waits on a handshake.
+The :class:`~greenflow.listener.Listener` class and the layers over it are
+in :mod:`greenflow.listener`. The socket listener knows nothing of TLS: the
+``tls_context`` keyword these functions take is a shortcut that wraps the
+new listener in a :class:`greenflow.tls.TLSListener`.
 """
 
 from __future__ import annotations
 
 import contextlib
+import enum
 import errno
 import os
 import secrets
 import socket
 import stat
 from typing import TYPE_CHECKING, Final
-from urllib.parse import urlsplit
 
-from ._defaults import DEFAULT_HANDSHAKE_TIMEOUT
-from .flow import Flow
-from .sockets import SocketFlow, socket_at
+from .addresses import Endpoint, Scheme, SocketAddress, numeric_address, parse_url
+from .listener import Listener, ListenerLayer
+from .sockets import socket_at
 
 if TYPE_CHECKING:
     from OpenSSL import SSL
+
+    from .tls import DEFAULT_HANDSHAKE_TIMEOUT
 
 __all__ = [
     "DEFAULT_BACKLOG",
     "DEFAULT_HANDSHAKE_TIMEOUT",
     "Listener",
+    "ListenerLayer",
     "listen_fd",
     "listen_socket",
     "listen_systemd",
@@ -65,133 +68,47 @@ DEFAULT_BACKLOG: Final = 4096
 #: systemd passes activated sockets from this descriptor on (sd_listen_fds).
 _SD_LISTEN_FDS_START: Final = 3
 
-_TCP_FAMILIES: Final = (socket.AF_INET, socket.AF_INET6)
 
+class _TLSDefault(enum.Enum):
+    """Stands for ``greenflow.tls.DEFAULT_HANDSHAKE_TIMEOUT`` in signatures here.
 
-class Listener:
-    """One listening stream socket, owned, and how to make flows from it.
-
-    Made by the ``listen_*`` functions; hand it to :class:`greenflow.Server`,
-    which then owns it and closes it when it stops. A listener may also be
-    closed on its own with :meth:`close`.
-
-    Attributes:
-        socket: the listening socket (non-blocking). Read options from it; do
-            not accept from it while a server uses it.
-        address: the bound address: ``(host, port)`` (IPv6: a 4-tuple) for
-            TCP, with the real port when port 0 was asked; the path (``str``)
-            for a Unix socket, starting with NUL in the abstract namespace.
-        tls_context: the server TLS context, or ``None`` for plain flows.
-        handshake_timeout: seconds a TLS handshake may take.
-        name: a label for logs (the ``LISTEN_FDNAMES`` name for systemd).
+    The value lives in the TLS package, which this module must not import
+    (a plain server never loads pyOpenSSL): the legacy TLS keywords take this
+    marker as their default and the TLS layer puts its own default in.
     """
 
-    __slots__ = (
-        "_closed",
-        "_is_tcp",
-        "_unlink",
-        "address",
-        "handshake_timeout",
-        "name",
-        "socket",
-        "tls_context",
-    )
-
-    def __init__(
-        self,
-        sock: socket.socket,
-        *,
-        address: object = None,
-        tls_context: SSL.Context | None = None,
-        handshake_timeout: float = DEFAULT_HANDSHAKE_TIMEOUT,
-        name: str | None = None,
-        unlink: tuple[str, int, int] | None = None,
-    ) -> None:
-        """Take ownership of a listening socket; prefer :func:`listen_socket`."""
-        sock.setblocking(False)
-        self.socket = sock
-        self.address = sock.getsockname() if address is None else address
-        self.tls_context = tls_context
-        self.handshake_timeout = handshake_timeout
-        self.name = name
-        self._is_tcp = sock.family in _TCP_FAMILIES
-        self._unlink = unlink  # (path, st_dev, st_ino) of a socket file we made
-        self._closed = False
-
-    @property
-    def url(self) -> str:
-        """The listener's address as a ``--bind`` URL (``tcp://127.0.0.1:8000``)."""
-        scheme = "tls" if self.tls_context is not None else "tcp"
-        address = self.address
-        if isinstance(address, tuple) and len(address) >= 2:
-            host = str(address[0])
-            return f"{scheme}://[{host}]:{address[1]}" if ":" in host else f"{scheme}://{host}:{address[1]}"
-        if isinstance(address, bytes):
-            address = address.decode(errors="replace")
-        text = str(address)
-        prefix = "unix+tls:" if self.tls_context is not None else "unix:"
-        return prefix + ("@" + text[1:] if text.startswith("\0") else text)
-
-    @property
-    def closed(self) -> bool:
-        """Whether :meth:`close` has been called."""
-        return self._closed
-
-    def fileno(self) -> int:
-        """The listening descriptor (-1 once closed)."""
-        return self.socket.fileno()
-
-    def close(self) -> None:
-        """Close the socket, and remove its file if this listener made it.
-
-        The file is removed only if the path still names the socket this
-        listener bound (same device and inode): a newer server that has
-        replaced it in the meantime keeps its socket. Idempotent.
-        """
-        if self._closed:
-            return
-        self._closed = True
-        self.socket.close()
-        if self._unlink is not None:
-            path, device, inode = self._unlink
-            try:
-                info = os.lstat(path)
-                if (info.st_dev, info.st_ino) == (device, inode):
-                    os.unlink(path)
-            except OSError:
-                pass
+    HANDSHAKE_TIMEOUT = "DEFAULT_HANDSHAKE_TIMEOUT"
 
     def __repr__(self) -> str:
-        state = " closed" if self._closed else ""
-        return f"<Listener {self.url}{state}>"
+        return self.value
 
-    def open_flow(self, sock: socket.socket, timeout: float | None) -> SocketFlow:
-        """Wrap a socket accepted from this listener in a plain flow.
 
-        Sets ``TCP_NODELAY`` on TCP sockets: flows write whole messages, so
-        Nagle's algorithm only adds latency. The TLS handshake, if any, is
-        :meth:`secure`'s job, so that the server can see the plain flow (and
-        close it) while the handshake runs.
-        """
-        if self._is_tcp:
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        return SocketFlow(sock, timeout=timeout)
+_TLS_DEFAULT: Final = _TLSDefault.HANDSHAKE_TIMEOUT
 
-    def secure(self, flow: Flow) -> Flow:
-        """Run the TLS server handshake over ``flow`` if this is a TLS listener.
 
-        Returns ``flow`` itself for a plain listener. Runs in the
-        connection's greenlet; raises what ``greenflow.tls.server`` raises
-        (a :class:`~greenflow.FlowError`) when the handshake fails or times
-        out.
-        """
-        if self.tls_context is None:
-            return flow
-        from . import tls  # noqa: PLC0415 - imported late: plain servers never load pyOpenSSL
+def __getattr__(name: str) -> object:
+    if name == "DEFAULT_HANDSHAKE_TIMEOUT":  # kept here for old imports; it lives in greenflow.tls
+        from .tls import DEFAULT_HANDSHAKE_TIMEOUT  # noqa: PLC0415 - loads pyOpenSSL: on demand only
 
-        return tls.server(
-            flow, self.tls_context, handshake_timeout=self.handshake_timeout, timeout=flow.timeout
-        )
+        return DEFAULT_HANDSHAKE_TIMEOUT
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def _with_tls(
+    listener: Listener, context: SSL.Context | None, handshake_timeout: float | _TLSDefault | None
+) -> Listener:
+    """The ``tls_context`` shortcut of the constructors: wrap in a TLS layer."""
+    if context is None:
+        return listener
+    try:
+        from .tls import TLSListener  # noqa: PLC0415 - a plain server never loads pyOpenSSL
+
+        if handshake_timeout is _TLS_DEFAULT:
+            return TLSListener(listener, context)
+        return TLSListener(listener, context, handshake_timeout=handshake_timeout)
+    except BaseException:
+        listener.close()
+        raise
 
 
 # -- TCP ---------------------------------------------------------------------------
@@ -204,7 +121,7 @@ def listen_tcp(
     backlog: int = DEFAULT_BACKLOG,
     reuse_port: bool = False,
     tls_context: SSL.Context | None = None,
-    handshake_timeout: float = DEFAULT_HANDSHAKE_TIMEOUT,
+    handshake_timeout: float | _TLSDefault | None = _TLS_DEFAULT,
 ) -> Listener:
     """Listen on TCP ``host:port``; port 0 picks a free port.
 
@@ -232,7 +149,7 @@ def listen_tcp(
     except BaseException:
         sock.close()
         raise
-    return Listener(sock, tls_context=tls_context, handshake_timeout=handshake_timeout)
+    return _with_tls(Listener(sock), tls_context, handshake_timeout)
 
 
 def listen_tls(
@@ -240,35 +157,25 @@ def listen_tls(
     port: int,
     context: SSL.Context,
     *,
-    handshake_timeout: float = DEFAULT_HANDSHAKE_TIMEOUT,
+    handshake_timeout: float | _TLSDefault | None = _TLS_DEFAULT,
     backlog: int = DEFAULT_BACKLOG,
     reuse_port: bool = False,
 ) -> Listener:
     """Listen on TCP ``host:port`` and serve TLS with ``context``.
 
-    The same as ``listen_tcp(host, port, tls_context=context, ...)``.
-    ``context`` is a server context from ``greenflow.tls``.
+    Returns a :class:`greenflow.tls.TLSListener` over ``listen_tcp(host,
+    port, ...)``; ``context`` is a server context from ``greenflow.tls``, and
+    ``handshake_timeout`` defaults to ``greenflow.tls.DEFAULT_HANDSHAKE_TIMEOUT``.
     """
-    return listen_tcp(
-        host,
-        port,
-        backlog=backlog,
-        reuse_port=reuse_port,
-        tls_context=context,
-        handshake_timeout=handshake_timeout,
+    return _with_tls(
+        listen_tcp(host, port, backlog=backlog, reuse_port=reuse_port), context, handshake_timeout
     )
 
 
-def _tcp_address(host: str, port: int) -> tuple[int, tuple[str, int] | tuple[str, int, int, int]]:
-    for family in _TCP_FAMILIES:
-        try:
-            socket.inet_pton(family, host.split("%", 1)[0])
-        except (OSError, ValueError):
-            continue
-        if family == socket.AF_INET:
-            return family, (host, port)
-        info = socket.getaddrinfo(host, port, family, socket.SOCK_STREAM, 0, socket.AI_NUMERICHOST)
-        return family, info[0][4]  # type: ignore[return-value]
+def _tcp_address(host: str, port: int) -> tuple[int, SocketAddress]:
+    numeric = numeric_address(host, port)
+    if numeric is not None:
+        return numeric
     infos = socket.getaddrinfo(host, port, 0, socket.SOCK_STREAM, 0, socket.AI_PASSIVE)
     if not infos:  # pragma: no cover - getaddrinfo raises instead
         raise OSError(errno.EADDRNOTAVAIL, f"{host!r} has no address")
@@ -284,7 +191,7 @@ def listen_unix(
     mode: int | None = None,
     backlog: int = DEFAULT_BACKLOG,
     tls_context: SSL.Context | None = None,
-    handshake_timeout: float = DEFAULT_HANDSHAKE_TIMEOUT,
+    handshake_timeout: float | _TLSDefault | None = _TLS_DEFAULT,
 ) -> Listener:
     """Listen on the Unix socket ``path`` (a leading NUL: abstract namespace).
 
@@ -314,9 +221,7 @@ def listen_unix(
     except BaseException:
         sock.close()
         raise
-    return Listener(
-        sock, address=path, tls_context=tls_context, handshake_timeout=handshake_timeout, unlink=unlink
-    )
+    return _with_tls(Listener(sock, address=path, unlink=unlink), tls_context, handshake_timeout)
 
 
 def _bind_unix_file(sock: socket.socket, path: str, mode: int | None) -> tuple[str, int, int]:
@@ -384,7 +289,7 @@ def listen_socket(
     sock: socket.socket,
     *,
     tls_context: SSL.Context | None = None,
-    handshake_timeout: float = DEFAULT_HANDSHAKE_TIMEOUT,
+    handshake_timeout: float | _TLSDefault | None = _TLS_DEFAULT,
     name: str | None = None,
 ) -> Listener:
     """Adopt a socket that is already bound and listening (stdlib or gevent).
@@ -403,14 +308,14 @@ def listen_socket(
     if type(sock) is not socket.socket:
         family, type_, proto = sock.family, sock.type, sock.proto
         sock = socket.socket(family, type_, proto, fileno=sock.detach())
-    return Listener(sock, tls_context=tls_context, handshake_timeout=handshake_timeout, name=name)
+    return _with_tls(Listener(sock, name=name), tls_context, handshake_timeout)
 
 
 def listen_fd(
     fd: int,
     *,
     tls_context: SSL.Context | None = None,
-    handshake_timeout: float = DEFAULT_HANDSHAKE_TIMEOUT,
+    handshake_timeout: float | _TLSDefault | None = _TLS_DEFAULT,
     name: str | None = None,
 ) -> Listener:
     """Adopt the listening socket at descriptor ``fd`` (inherited from a parent).
@@ -438,7 +343,8 @@ def listen_systemd(
     *,
     unset_environment: bool = True,
     tls_context: SSL.Context | None = None,
-    handshake_timeout: float = DEFAULT_HANDSHAKE_TIMEOUT,
+    handshake_timeout: float | _TLSDefault | None = _TLS_DEFAULT,
+    name: str | None = None,
 ) -> list[Listener]:
     """Adopt the sockets passed by systemd socket activation.
 
@@ -448,7 +354,29 @@ def listen_systemd(
     result is empty). Names from ``LISTEN_FDNAMES`` become the listeners'
     ``name``. With ``unset_environment`` (the default) the three variables
     are removed, so that child processes do not take the sockets for theirs.
+
+    With ``name``, only the sockets of that name are adopted (the others
+    stay where they are, for another call), and the environment is kept
+    whatever ``unset_environment`` says, so that the other names can still
+    be found.
     """
+    sockets = _systemd_sockets(unset_environment=unset_environment and name is None)
+    listeners: list[Listener] = []
+    try:
+        for fd, fd_name in sockets:
+            if name is None or fd_name == name:
+                listeners.append(
+                    listen_fd(fd, tls_context=tls_context, handshake_timeout=handshake_timeout, name=fd_name)
+                )
+    except BaseException:
+        for listener in listeners:  # adopted already: ours to close
+            listener.close()
+        raise
+    return listeners
+
+
+def _systemd_sockets(*, unset_environment: bool) -> list[tuple[int, str | None]]:
+    """The (descriptor, name) pairs systemd passed to this process."""
     try:
         pid = int(os.environ.get("LISTEN_PID", ""))
         count = int(os.environ.get("LISTEN_FDS", ""))
@@ -460,23 +388,10 @@ def listen_systemd(
             os.environ.pop(variable, None)
     if pid != os.getpid() or count < 1:
         return []
-    listeners: list[Listener] = []
-    try:
-        for index in range(count):
-            name = names[index] if index < len(names) and names[index] else None
-            listeners.append(
-                listen_fd(
-                    _SD_LISTEN_FDS_START + index,
-                    tls_context=tls_context,
-                    handshake_timeout=handshake_timeout,
-                    name=name,
-                )
-            )
-    except BaseException:
-        for listener in listeners:  # adopted already: ours to close
-            listener.close()
-        raise
-    return listeners
+    return [
+        (_SD_LISTEN_FDS_START + index, names[index] if index < len(names) and names[index] else None)
+        for index in range(count)
+    ]
 
 
 # -- URLs --------------------------------------------------------------------------
@@ -489,9 +404,11 @@ def listen_url(
     reuse_port: bool = False,
     mode: int | None = None,
     tls_context: SSL.Context | None = None,
-    handshake_timeout: float = DEFAULT_HANDSHAKE_TIMEOUT,
+    handshake_timeout: float | _TLSDefault | None = _TLS_DEFAULT,
 ) -> list[Listener]:
     """Make the listeners a ``--bind`` URL names.
+
+    The grammar is :mod:`greenflow.addresses`':
 
     - ``tcp://HOST:PORT`` (an IPv6 host in brackets: ``tcp://[::1]:8000``),
       or just ``HOST:PORT``;
@@ -500,53 +417,69 @@ def listen_url(
       ``unix:name``), ``unix:@name`` for the abstract namespace, and
       ``unix+tls:...`` for TLS over a Unix socket;
     - ``fd://N``: the listening socket inherited at descriptor N;
-    - ``systemd:``: every socket passed by systemd socket activation (an
-      empty list when there are none).
+    - ``systemd:``: every socket passed by systemd socket activation, and
+      ``systemd:NAME`` those named NAME in ``LISTEN_FDNAMES`` (an empty list
+      when there are none).
 
     ``tls_context`` applies to ``tls://`` and ``unix+tls:`` only; ``backlog``,
     ``reuse_port`` and ``mode`` apply where they mean something.
 
     Raises:
-        ValueError: the URL is malformed, or a TLS URL has no context.
+        ValueError: the URL is malformed, a TLS URL has no context, or
+            ``fd://N`` is not a listening stream socket; the message names
+            the URL.
+        OSError: binding or listening failed; the message names the URL and
+            the cause, and ``errno`` is the system's.
     """
-    scheme, _, rest = url.partition(":")
-    if scheme.lower() == "systemd" and rest in ("", "//"):
-        return listen_systemd(tls_context=tls_context, handshake_timeout=handshake_timeout)
-    if not rest and "://" not in url:
-        raise ValueError(f"{url!r} is not a listener URL (try tcp://127.0.0.1:8000 or unix:/path)")
-    scheme = scheme.lower()
-    secure = scheme in ("tls", "unix+tls")
-    if secure and tls_context is None:
+    endpoint = parse_url(url, kind="a listener URL")
+    if endpoint.tls and tls_context is None:
         raise ValueError(f"{url!r} asks for TLS, but no TLS context was given")
-    context = tls_context if secure else None
-    if scheme in ("unix", "unix+tls"):
-        path = rest[2:] if rest.startswith("///") else rest
-        if not path or path == "//":
-            raise ValueError(f"{url!r} names no socket path")
-        if path.startswith("@"):
-            path = "\0" + path[1:]
+    context = tls_context if endpoint.tls else None
+    try:
+        return _listen_endpoint(
+            endpoint,
+            backlog=backlog,
+            reuse_port=reuse_port,
+            mode=mode,
+            context=context,
+            handshake_timeout=handshake_timeout,
+        )
+    except (OSError, ValueError) as exc:
+        raise _listen_error(exc, endpoint) from exc
+
+
+def _listen_endpoint(
+    endpoint: Endpoint,
+    *,
+    backlog: int,
+    reuse_port: bool,
+    mode: int | None,
+    context: SSL.Context | None,
+    handshake_timeout: float | _TLSDefault | None,
+) -> list[Listener]:
+    scheme = endpoint.scheme
+    if scheme is Scheme.SYSTEMD:
+        return listen_systemd(
+            tls_context=context, handshake_timeout=handshake_timeout, name=endpoint.name or None
+        )
+    if scheme is Scheme.FD:
+        return [listen_fd(endpoint.fd, tls_context=context, handshake_timeout=handshake_timeout)]
+    if scheme in (Scheme.UNIX, Scheme.UNIX_TLS):
         return [
             listen_unix(
-                path, mode=mode, backlog=backlog, tls_context=context, handshake_timeout=handshake_timeout
+                endpoint.path,
+                mode=mode,
+                backlog=backlog,
+                tls_context=context,
+                handshake_timeout=handshake_timeout,
             )
         ]
-    if scheme == "fd":
-        number = rest.lstrip("/")
-        if not number.isdigit():
-            raise ValueError(f"{url!r} does not name a descriptor number (fd://3)")
-        return [listen_fd(int(number), tls_context=tls_context, handshake_timeout=handshake_timeout)]
-    if scheme in ("tcp", "tls"):
-        if not rest.startswith("//"):
-            raise ValueError(f"{url!r} should look like {scheme}://HOST:PORT")
-        host, port = _host_port(rest[2:], url)
-    elif "://" in url:
-        raise ValueError(f"{url!r} has an unknown scheme {scheme!r}")
-    else:
-        host, port = _host_port(url, url)  # HOST:PORT with no scheme
+    if scheme is Scheme.VSOCK:
+        raise ValueError("vsock listeners are not supported yet (there is connect_vsock, no listen_vsock)")
     return [
         listen_tcp(
-            host,
-            port,
+            endpoint.host,
+            endpoint.port,
             backlog=backlog,
             reuse_port=reuse_port,
             tls_context=context,
@@ -555,18 +488,15 @@ def listen_url(
     ]
 
 
-def _host_port(text: str, url: str) -> tuple[str, int]:
-    try:
-        parts = urlsplit("//" + text.rstrip("/"))
-    except ValueError as exc:
-        raise ValueError(f"{url!r} is not a valid HOST:PORT address: {exc}") from None
-    try:
-        port = parts.port
-    except ValueError as exc:
-        raise ValueError(f"{url!r} has a bad port: {exc}") from None
-    if parts.path or parts.query or parts.fragment or parts.username is not None:
-        raise ValueError(f"{url!r} has more than a host and a port (a path, query or user name)")
-    host = parts.hostname
-    if port is None or host is None:
-        raise ValueError(f"{url!r} needs a host and a port, as in tcp://127.0.0.1:8000")
-    return host, port
+def _listen_error(exc: OSError | ValueError, endpoint: Endpoint) -> OSError | ValueError:
+    """The one place a failed bind becomes an error that names its URL."""
+    url = endpoint.url or str(endpoint)
+    if isinstance(exc, ValueError):
+        return ValueError(f"cannot listen on {url}: {exc}")
+    reason = exc.strerror or str(exc)
+    if exc.errno == errno.EBADF and endpoint.scheme is Scheme.FD:
+        reason = f"descriptor {endpoint.fd} is not open"
+    elif exc.errno == errno.ENOENT and endpoint.scheme in (Scheme.UNIX, Scheme.UNIX_TLS):
+        folder = os.path.dirname(endpoint.path) or "."
+        reason = f"{reason} (is there a folder {folder}?)"
+    return OSError(exc.errno, f"cannot listen on {url}: {reason}")  # errno picks the subclass

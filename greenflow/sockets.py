@@ -7,19 +7,27 @@ options) and the functions that connect or adopt them.
 
 from __future__ import annotations
 
+import contextlib
 import errno
+import fcntl
 import os
 import socket
-from typing import Any
+import struct
+import termios
+import time
+from typing import Any, Final
 
+import gevent
 from gevent import get_hub as _get_hub
 from gevent import socket as _gevent_socket
 
+from .addresses import format_address, numeric_address
 from .descriptors import DescriptorFlow, broken_error
 from .errors import BrokenError, FlowError
-from .kit import check_timeout, start_timer
+from .kit import DirectionState, check_timeout, start_timer
 
 __all__ = [
+    "LINGER_TIMEOUT",
     "SocketFlow",
     "connect_tcp",
     "connect_unix",
@@ -29,7 +37,16 @@ __all__ = [
     "socketpair",
 ]
 
+_READ = 1  # libev's EV_READ
 _WRITE = 2  # libev's EV_WRITE
+
+#: How long :meth:`SocketFlow.close_lingering` waits at most, in seconds.
+LINGER_TIMEOUT: Final = 1.0
+
+#: How much a lingering close reads at a time, and how often it looks at the
+#: send queue while the peer sends nothing (seconds).
+_LINGER_READ: Final = 65536
+_LINGER_POLL: Final = 0.01
 
 
 class SocketFlow(DescriptorFlow):
@@ -50,19 +67,30 @@ class SocketFlow(DescriptorFlow):
     - :attr:`socket` gives the socket itself, for its options.
     """
 
-    __slots__ = ("_addresses",)
+    __slots__ = ("_addresses", "_names")
 
-    def __init__(self, sock: socket.socket, *, timeout: float | None = None) -> None:
+    def __init__(
+        self,
+        sock: socket.socket,
+        *,
+        timeout: float | None = None,
+        local_address: object = None,
+        peer_address: object = None,
+    ) -> None:
         """Take ownership of a connected stream socket (stdlib ``socket``).
 
         Prefer :func:`from_socket`, which also accepts gevent sockets and
-        checks the socket's type.
+        checks the socket's type. ``local_address`` and ``peer_address``,
+        when given, are reported instead of what the socket says: a Unix
+        socket bound under a temporary name and then moved into place (as
+        :func:`~greenflow.listen_unix` does) knows only the temporary name.
         """
         sock.setblocking(False)
         fd = sock.fileno()
         super().__init__(sock, fd, fd, timeout)
         self._sock: socket.socket = sock
         self._addresses: tuple[object, object] | None = None
+        self._names = (local_address, peer_address)
 
     def _end_writing(self) -> None:
         self._sock.shutdown(socket.SHUT_WR)
@@ -90,10 +118,13 @@ class SocketFlow(DescriptorFlow):
         if self._addresses is None:
             if self.closed:
                 return (None, None)
+            local, peer = self._names
+            if local is None:
+                local = self._sock.getsockname()
             try:
-                self._addresses = (self._sock.getsockname(), self._sock.getpeername())
+                self._addresses = (local, self._sock.getpeername() if peer is None else peer)
             except OSError:
-                return (self._sock.getsockname(), None)
+                return (local, None)
         return self._addresses
 
     def _describe(self) -> str:
@@ -101,27 +132,69 @@ class SocketFlow(DescriptorFlow):
             peer = self._get_addresses()[1]
         except OSError:
             peer = None
-        return f"the connection to {_format_address(peer)}" if peer else "the connection"
+        return f"the connection to {format_address(peer)}" if peer else "the connection"
 
+    # -- closing without a reset ---------------------------------------------------
 
-def _format_address(address: object) -> str:
-    if isinstance(address, tuple) and len(address) >= 2:
-        host, port = address[0], address[1]
-        return f"[{host}]:{port}" if ":" in str(host) else f"{host}:{port}"
-    if isinstance(address, bytes):
-        address = address.decode(errors="replace")
-    return str(address) if address else "an unnamed socket"
+    def has_unread_input(self) -> bool:
+        """Whether the peer sent bytes that no read has taken yet.
+
+        Closing a TCP socket with unread input makes the kernel send a reset,
+        which can destroy the end of what this side sent; see
+        :meth:`close_lingering`. One non-blocking peek (none once a read has
+        seen the peer's EOF): ``False`` when nothing is waiting, at EOF, and
+        once the flow is closed.
+        """
+        state = self._reader.state
+        if state is DirectionState.CLOSED or state is DirectionState.EOF:
+            return False  # nothing can follow the peer's EOF: no system call
+        try:
+            return bool(self._sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT))
+        except OSError:  # nothing there (EAGAIN), or the connection is gone
+            return False
+
+    def close_lingering(self, timeout: float = LINGER_TIMEOUT) -> bool:
+        """Send our EOF, wait until the peer has our data, then close.
+
+        Closing a socket that has unread input (a request body nobody read, a
+        pipelined request, a request that crossed a server's stop) makes the
+        kernel answer with a reset, and a reset throws away whatever is still
+        in our send queue: the end of the last response, if the peer has not
+        acknowledged it yet. So this shuts down writing, then reads and
+        discards until the peer's EOF, or until the send queue is empty (the
+        peer's kernel has every byte, and a reset no longer loses any), or
+        for ``timeout`` seconds at most. The flow's own timeout does not
+        apply.
+
+        Returns:
+            ``True`` if the peer's EOF came or the send queue emptied in
+            time; ``False`` if the time ran out or the connection failed.
+            The flow is closed either way. Never raises a flow error.
+        """
+        try:
+            if self.closed:
+                return False
+            self.shutdown("write")
+            return _linger(self._sock, timeout)
+        except (FlowError, OSError):
+            return False
+        finally:
+            self.close()
 
 
 # -- constructors ------------------------------------------------------------------
 
 
-def from_socket(sock: socket.socket | _gevent_socket.socket, *, timeout: float | None = None) -> SocketFlow:
+def from_socket(
+    sock: socket.socket | _gevent_socket.socket, *, timeout: float | None = None, nodelay: bool = True
+) -> SocketFlow:
     """Wrap a connected stream socket (stdlib or gevent) in a flow.
 
     The flow takes ownership: closing the flow closes the socket. A gevent
     socket is detached from gevent's wrapper first, so the flow alone waits
-    on the descriptor.
+    on the descriptor. On a TCP socket ``TCP_NODELAY`` is set unless
+    ``nodelay=False``: a flow writes whole messages, and Nagle's algorithm
+    would hold a reply back until the peer's delayed ACK.
 
     Raises:
         ValueError: the socket is not a connected stream socket (a datagram
@@ -147,14 +220,18 @@ def from_socket(sock: socket.socket | _gevent_socket.socket, *, timeout: float |
         # so that only the flow waits on it.
         family, type_, proto = sock.family, sock.type, sock.proto
         sock = socket.socket(family, type_, proto, fileno=sock.detach())
+    if nodelay and sock.family in (socket.AF_INET, socket.AF_INET6):
+        with contextlib.suppress(OSError):  # a stream that is not TCP (SCTP) has no such option
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     return SocketFlow(sock, timeout=timeout)
 
 
-def from_fd(fd: int, *, timeout: float | None = None) -> SocketFlow:
+def from_fd(fd: int, *, timeout: float | None = None, nodelay: bool = True) -> SocketFlow:
     """Wrap a descriptor of a connected stream socket in a flow.
 
     The flow takes ownership: closing the flow closes ``fd``. The socket's
-    family and type are read from the descriptor.
+    family and type are read from the descriptor; ``nodelay`` is as for
+    :func:`from_socket`.
 
     Raises:
         ValueError: ``fd`` is not a connected stream socket.
@@ -162,7 +239,7 @@ def from_fd(fd: int, *, timeout: float | None = None) -> SocketFlow:
     check_timeout(timeout)
     sock = socket_at(fd)
     try:
-        return from_socket(sock, timeout=timeout)
+        return from_socket(sock, timeout=timeout, nodelay=nodelay)
     except ValueError:
         sock.detach()  # the caller keeps ownership when we refuse it
         raise
@@ -219,10 +296,10 @@ def connect_tcp(
     check_timeout(timeout)  # before connecting: a bad value must not leave a connection behind
     limit = check_timeout(timeout if connect_timeout is None else connect_timeout)
     setting = "the timeout" if connect_timeout is None else "connect_timeout"
-    target = f"connecting to {_format_address((host, port))}"
-    timer = start_timer(limit, target, setting=setting) if limit is not None else None
+    target = format_address((host, port))
+    timer = start_timer(limit, f"connecting to {target}", setting=setting) if limit is not None else None
     try:
-        failures = []
+        failures: list[tuple[str, str]] = []
         last: OSError | None = None
         for family, address in _resolve(host, port):
             sock = socket.socket(family, socket.SOCK_STREAM)
@@ -235,7 +312,7 @@ def connect_tcp(
                 raise
             except OSError as exc:
                 sock.close()
-                failures.append(f"{_format_address(address)}: {exc.strerror or exc}")
+                failures.append((format_address(address), exc.strerror or str(exc)))
                 last = exc
                 continue
             except BaseException:
@@ -244,7 +321,7 @@ def connect_tcp(
             if nodelay:
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             return SocketFlow(sock, timeout=timeout)
-        error = BrokenError(f"could not connect to {_format_address((host, port))}: {'; '.join(failures)}")
+        error = BrokenError(_connect_failure(target, failures))
         error.errno = last.errno if last is not None else None
         raise error from last
     finally:
@@ -252,9 +329,25 @@ def connect_tcp(
             timer.close()
 
 
+def _connect_failure(target: str, failures: list[tuple[str, str]]) -> str:
+    """What a failed connect says: each address tried, unless it is the target itself."""
+    if len(failures) == 1 and failures[0][0] == target:
+        return f"could not connect to {target}: {failures[0][1]}"
+    tried = "; ".join(f"{address}: {reason}" for address, reason in failures)
+    return f"could not connect to {target}: {tried}"
+
+
 def connect_unix(path: str | bytes, *, timeout: float | None = None) -> SocketFlow:
-    """Connect to the Unix socket at ``path`` (a leading NUL: abstract namespace)."""
-    return _connect_family(socket.AF_UNIX, path, path, timeout)
+    """Connect to the Unix socket at ``path`` (a leading NUL: abstract namespace).
+
+    The flow's ``peer_address`` is ``path``, even where the server bound its
+    socket under another name before moving it there.
+    """
+    name = os.fsdecode(path)
+    # An abstract name is reported as the socket says it (bytes); a path as the str it named.
+    return _connect_family(
+        socket.AF_UNIX, path, timeout, peer_address=None if name.startswith("\0") else name
+    )
 
 
 def connect_vsock(cid: int, port: int, *, timeout: float | None = None) -> SocketFlow:
@@ -265,14 +358,15 @@ def connect_vsock(cid: int, port: int, *, timeout: float | None = None) -> Socke
     """
     if not hasattr(socket, "AF_VSOCK"):  # pragma: no cover - not Linux
         raise OSError(errno.EAFNOSUPPORT, "AF_VSOCK is not available on this system")
-    return _connect_family(socket.AF_VSOCK, (cid, port), f"vsock {cid}:{port}", timeout)
+    return _connect_family(socket.AF_VSOCK, (cid, port), timeout)
 
 
-def _connect_family(family: int, address: Any, name: object, timeout: float | None) -> SocketFlow:
+def _connect_family(
+    family: int, address: Any, timeout: float | None, *, peer_address: object = None
+) -> SocketFlow:
     limit = check_timeout(timeout)
-    timer = (
-        start_timer(limit, f"connecting to {name!r}", setting="the timeout") if limit is not None else None
-    )
+    name = format_address(address)
+    timer = start_timer(limit, f"connecting to {name}", setting="the timeout") if limit is not None else None
     sock = socket.socket(family, socket.SOCK_STREAM)
     try:
         _connect(sock, address)
@@ -281,14 +375,14 @@ def _connect_family(family: int, address: Any, name: object, timeout: float | No
         raise
     except OSError as exc:
         sock.close()
-        raise broken_error(exc, f"connecting to {name!r}") from exc
+        raise broken_error(exc, f"connecting to {name}") from exc
     except BaseException:
         sock.close()
         raise
     finally:
         if timer is not None:
             timer.close()
-    return SocketFlow(sock, timeout=timeout)
+    return SocketFlow(sock, timeout=timeout, peer_address=peer_address)
 
 
 def _connect(sock: socket.socket, address: Any) -> None:
@@ -312,19 +406,9 @@ def _connect(sock: socket.socket, address: Any) -> None:
 
 def _resolve(host: str, port: int) -> list[tuple[int, Any]]:
     """Addresses to try for ``host:port``; numeric hosts skip the resolver."""
-    for family in (socket.AF_INET, socket.AF_INET6):
-        try:
-            socket.inet_pton(family, host.split("%", 1)[0])
-        except (OSError, ValueError):
-            continue
-        if family == socket.AF_INET:
-            return [(family, (host, port))]
-        return [
-            (
-                family,
-                socket.getaddrinfo(host, port, family, socket.SOCK_STREAM, 0, socket.AI_NUMERICHOST)[0][4],
-            )
-        ]
+    numeric = numeric_address(host, port)
+    if numeric is not None:
+        return [numeric]
     try:
         infos = _gevent_socket.getaddrinfo(host, port, 0, socket.SOCK_STREAM)
     except FlowError:  # our own timeout (an OSError too) while resolving: final
@@ -340,3 +424,49 @@ def _is_listening(sock: socket.socket) -> bool:
         return bool(sock.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN))
     except OSError:
         return False
+
+
+# -- lingering close ---------------------------------------------------------------
+
+
+def _linger(sock: socket.socket, timeout: float) -> bool:
+    """Read and discard until EOF, an empty send queue, or ``timeout``."""
+    hub = _get_hub()
+    watcher = hub.loop.io(sock.fileno(), _READ)
+    deadline = time.monotonic() + timeout
+    try:
+        while True:
+            try:
+                if not sock.recv(_LINGER_READ):
+                    return True  # the peer's EOF
+                continue
+            except BlockingIOError:
+                pass
+            except InterruptedError:
+                continue
+            remaining = deadline - time.monotonic()
+            if _unsent_bytes(sock) == 0:
+                return True
+            if remaining <= 0:
+                return False
+            timer = gevent.Timeout(min(remaining, _LINGER_POLL))
+            timer.start()
+            try:
+                hub.wait(watcher)
+            except gevent.Timeout as exc:
+                if exc is not timer:
+                    raise
+            finally:
+                timer.close()
+    finally:
+        watcher.close()
+
+
+def _unsent_bytes(sock: socket.socket) -> int:
+    """Bytes in the socket's send queue not yet acknowledged (-1: unknown)."""
+    try:
+        raw = fcntl.ioctl(sock.fileno(), termios.TIOCOUTQ, b"\0\0\0\0")
+    except (OSError, AttributeError):
+        return -1
+    count: int = struct.unpack("i", raw)[0]
+    return count

@@ -8,7 +8,11 @@ in pyproject.toml, and tests that need longer say so with
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import pytest
+
+from greenflow.listeners import Listener
 
 from pairs import SOCKET_PAIRS, has_ipv6
 
@@ -25,3 +29,12 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 def socket_pair_maker(request: pytest.FixtureRequest) -> object:
     """Each way of making a pair of connected socket flows."""
     return SOCKET_PAIRS[request.param]
+
+
+@pytest.fixture
+def closing() -> Iterator[list[Listener]]:
+    """Listeners a test made, closed after it."""
+    made: list[Listener] = []
+    yield made
+    for listener in made:
+        listener.close()

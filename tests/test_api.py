@@ -14,12 +14,18 @@ import greenflow.testing
 PUBLIC = {
     "DEFAULT_READ_SIZE",
     "BrokenError",
+    "BufferedFlow",
     "BusyError",
     "ClosedError",
     "Flow",
     "FlowError",
+    "FlowIO",
+    "FlowSocket",
     "FlowTimeout",
+    "IncompleteReadError",
+    "LimitOverrunError",
     "Listener",
+    "ListenerLayer",
     "PipeFlow",
     "Server",
     "Shutdown",
@@ -44,6 +50,7 @@ PUBLIC = {
     "listen_unix",
     "listen_url",
     "pipe_pair",
+    "socket_bridge",
     "socketpair",
 }
 
@@ -55,6 +62,7 @@ TESTING = {
     "check_flow_pair",
     "lockstep_pair",
     "memory_pair",
+    "wait_all_blocked",
 }
 
 
@@ -65,15 +73,30 @@ def test_root_api_is_pinned() -> None:
         assert getattr(greenflow, name) is not None
 
 
+def run_fresh(code: str) -> None:
+    """Run ``code`` in a new interpreter (where greenflow is not imported yet); it must print ok."""
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=30)
+    assert result.stdout.strip() == "ok", result.stderr
+
+
 def test_tls_is_loaded_on_first_use() -> None:
-    code = (
+    run_fresh(
         "import sys, greenflow; assert 'OpenSSL' not in sys.modules; "
         "greenflow.TLSFlow; assert 'OpenSSL' in sys.modules; "
         "from greenflow import connect_tls; import greenflow.tls; "
         "assert connect_tls is greenflow.tls.connect_tls; print('ok')"
     )
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=30)
-    assert result.stdout.strip() == "ok", result.stderr
+
+
+def test_dir_and_help_list_the_tls_names() -> None:
+    run_fresh(
+        "import pydoc, sys, greenflow; "
+        "missing = set(greenflow.__all__) - set(dir(greenflow)); assert not missing, missing; "
+        "assert 'OpenSSL' not in sys.modules, 'dir() loaded TLS'; "
+        "text = pydoc.render_doc(greenflow, renderer=pydoc.plaintext); "
+        "missing = [n for n in greenflow.__all__ if n not in text]; assert not missing, missing; "
+        "assert 'connect_tls(host' in text and 'class TLSFlow' in text; print('ok')"
+    )
 
 
 def test_unknown_name_is_an_attribute_error() -> None:

@@ -32,13 +32,14 @@ CASES = [(workload.name, case.name) for workload in all_workloads(quick=True) fo
 @pytest.fixture(scope="module")
 def quick_run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     output = tmp_path_factory.mktemp("bench")
+    scratch = tmp_path_factory.mktemp("scratch")  # the run's TMPDIR: what it leaves there is a leak
     result = subprocess.run(
         [sys.executable, "-m", "benchmarks", "--quick", "--output-dir", str(output)],
         capture_output=True,
         text=True,
         timeout=100,
         cwd=ROOT,
-        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        env={**os.environ, "PYTHONPATH": str(ROOT), "TMPDIR": str(scratch)},
     )
     data: dict[str, Any] = (
         json.loads((output / "results.json").read_text()) if (output / "results.json").exists() else {}
@@ -49,6 +50,7 @@ def quick_run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
         "stderr": result.stderr,
         "data": data,
         "output": output,
+        "left_behind": sorted(path.name for path in scratch.iterdir()),
     }
 
 
@@ -60,6 +62,12 @@ def test_quick_mode_runs(quick_run: dict[str, Any]) -> None:
     markdown = (quick_run["output"] / "RESULTS.md").read_text()
     assert "## How this was run" in markdown
     assert "OpenSSL (stdlib ssl)" in markdown
+
+
+@pytest.mark.timeout(120)
+def test_quick_mode_leaves_no_temporary_files(quick_run: dict[str, Any]) -> None:
+    assert quick_run["returncode"] == 0, quick_run["stderr"][-3000:]
+    assert quick_run["left_behind"] == []
 
 
 @pytest.mark.timeout(120)

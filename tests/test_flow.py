@@ -7,7 +7,7 @@ import pytest
 
 from greenflow import Flow, FlowTimeout, Shutdown
 from greenflow.kit import check_bytes_like, check_max_bytes, check_timeout, parse_shutdown, start_timer
-from greenflow.testing import MemoryFlow, check_flow_pair, memory_pair
+from greenflow.testing import MemoryFlow, check_flow_pair, memory_pair, wait_all_blocked
 
 
 def test_shutdown_enum_and_strings() -> None:
@@ -96,7 +96,7 @@ def test_close_gracefully_is_bounded_and_closes() -> None:
 def test_close_gracefully_without_limit() -> None:
     a, b = memory_pair()
     closing = gevent.spawn(a.close_gracefully, None)
-    gevent.sleep(0)
+    wait_all_blocked()
     b.close()
     assert closing.get(timeout=5) is True
 

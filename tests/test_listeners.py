@@ -8,15 +8,16 @@ import socket
 import stat
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
+import gevent
 import pytest
 
 import greenflow
 from greenflow.listeners import (
     DEFAULT_BACKLOG,
     Listener,
+    ListenerLayer,
     listen_fd,
     listen_socket,
     listen_systemd,
@@ -26,14 +27,6 @@ from greenflow.listeners import (
 )
 
 from pairs import has_ipv6
-
-
-@pytest.fixture
-def closing() -> Iterator[list[Listener]]:
-    made: list[Listener] = []
-    yield made
-    for listener in made:
-        listener.close()
 
 
 def test_tcp_options(closing: list[Listener]) -> None:
@@ -261,3 +254,105 @@ except OSError:
     assert result.returncode == 0, result.stderr
     assert "refused:" in result.stdout and "not a socket" in result.stdout
     assert "fd 3 closed" in result.stdout, result.stdout
+
+
+# -- blocking scripts: accept and iteration --------------------------------------
+
+
+def _read_to_eof(flow: greenflow.Flow) -> bytes:
+    data = b""
+    while chunk := flow.read():
+        data += chunk
+    return data
+
+
+def _client(port: int, payload: bytes) -> bytes:
+    with greenflow.connect_tcp("127.0.0.1", port, timeout=10) as flow:
+        flow.write(payload)
+        flow.shutdown("write")
+        return _read_to_eof(flow)
+
+
+def test_accept_serves_clients_in_greenlets_without_blocking_the_hub(closing: list[Listener]) -> None:
+    listener = listen_tcp("127.0.0.1", 0)
+    closing.append(listener)
+    port = listener.address[1]  # type: ignore[index]
+    # The clients only run while accept() waits on the hub.
+    clients = [gevent.spawn(_client, port, b"client %d" % number) for number in range(2)]
+    for _ in range(2):
+        with listener.accept(timeout=10, flow_timeout=7) as flow:
+            assert isinstance(flow, greenflow.SocketFlow)
+            assert flow.timeout == 7
+            assert flow.socket.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
+            flow.write(_read_to_eof(flow).upper())
+    assert sorted(client.get(timeout=10) for client in clients) == [b"CLIENT 0", b"CLIENT 1"]
+
+
+def test_iterating_over_a_listener_yields_flows_until_it_is_closed(tmp_path: Path) -> None:
+    path = str(tmp_path / "iter.sock")
+    listener = listen_unix(path)
+
+    def clients() -> list[bytes]:
+        replies = []
+        for number in range(3):
+            with greenflow.connect_unix(path, timeout=10) as flow:
+                flow.write(b"%d" % number)
+                flow.shutdown("write")
+                replies.append(_read_to_eof(flow))
+        listener.close()  # wakes the loop's pending accept: the iteration ends
+        return replies
+
+    driver = gevent.spawn(clients)
+    served = 0
+    for flow in listener:
+        with flow:
+            flow.write(b"got " + _read_to_eof(flow))
+        served += 1
+    assert served == 3
+    assert driver.get(timeout=10) == [b"got 0", b"got 1", b"got 2"]
+    assert not os.path.exists(path)
+
+
+def test_accept_timeout_and_closed_listener(closing: list[Listener]) -> None:
+    listener = listen_tcp("127.0.0.1", 0)
+    closing.append(listener)
+    with pytest.raises(greenflow.FlowTimeout, match=r"accept did not complete within the timeout of 0\.05"):
+        listener.accept(timeout=0.05)
+    waiter = gevent.spawn(listener.accept)
+    gevent.spawn(listener.close)
+    with pytest.raises(greenflow.ClosedError, match="listener was closed"):
+        waiter.get(timeout=10)
+    with pytest.raises(greenflow.ClosedError, match="listener is closed"):
+        listener.accept()
+    assert list(listener) == []
+
+
+class _Banner(ListenerLayer):
+    """A layer that greets each client: the smallest listener layer."""
+
+    scheme = "banner"
+
+    def __init__(self, listener: Listener, text: bytes) -> None:
+        super().__init__(listener)
+        self.text = text
+
+    def upgrade(self, flow: greenflow.Flow) -> greenflow.Flow:
+        flow.write(self.text)
+        return flow
+
+
+def test_listener_layers_chain_their_steps_inner_first(closing: list[Listener]) -> None:
+    inner = listen_tcp("127.0.0.1", 0)
+    listener = _Banner(_Banner(inner, b"inner "), b"outer\n")
+    closing.append(listener)
+    port = inner.address[1]  # type: ignore[index]
+    assert listener.url == f"banner+banner://127.0.0.1:{port}"
+    assert listener.inner.url == f"banner://127.0.0.1:{port}"
+    assert listener.address == inner.address and listener.name is None
+    assert listener.tls_context is None
+    with greenflow.Server(lambda flow: flow.write(b"served"), listener) as server:
+        assert server.urls == [listener.url]
+        assert _client(port, b"") == b"inner outer\nserved"
+    assert inner.closed and listener.closed
+    with pytest.raises(TypeError):
+        _Banner("tcp://127.0.0.1:0", b"")  # type: ignore[arg-type]

@@ -6,6 +6,7 @@ import contextlib
 import logging
 import os
 import resource
+import signal
 import socket
 import struct
 import subprocess
@@ -22,6 +23,7 @@ import greenflow
 from greenflow import BrokenError, ClosedError, Flow
 from greenflow.handlers import echo
 from greenflow.server import Server, idle
+from greenflow.testing import wait_all_blocked
 
 from pairs import has_ipv6
 
@@ -224,7 +226,7 @@ def test_connection_limit_holds_and_accepting_resumes(serve: Callable[..., Serve
     # At the limit: the rest wait in the backlog, not accepted and dropped.
     assert server.active_connections == limit
     assert not server.accepting
-    gevent.sleep(0.1)  # give a wrong implementation the chance to overshoot
+    wait_all_blocked()  # give a wrong implementation the chance to overshoot
     assert server.active_connections == limit
     assert sum(1 for g in greenlets if g.ready()) == 0
     release.set()
@@ -539,3 +541,126 @@ def test_unread_request_bytes_do_not_reset_the_response_away(serve: Callable[...
             received += chunk
     assert len(received) == len(body)
     assert received == body
+
+
+# -- stop signals, safe defaults -------------------------------------------------
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_serve_forever_stops_gracefully_on_a_signal(signum: int) -> None:
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    child = subprocess.Popen(
+        [sys.executable, str(SCRIPTS / "signalled_server.py")],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=env,
+    )
+    try:
+        assert child.stdout is not None
+        port = int(child.stdout.readline())
+        with greenflow.connect_tcp("127.0.0.1", port, timeout=20) as client:
+            client.write(b"a")
+            assert read_exactly(client, 8) == b"started\n"
+            child.send_signal(signum)
+            # The stop has begun while the request is in flight...
+            assert read_exactly(client, 9) == b"stopping\n"
+            client.write(b"b")
+            # ...and the request still completes before the connection ends.
+            assert read_to_eof(client) == b"done:b"
+        output, errors = child.communicate(timeout=20)
+    finally:
+        child.kill()
+        child.wait()
+    assert child.returncode == 0, errors.decode(errors="replace")
+    assert b"Traceback" not in errors, errors.decode(errors="replace")
+    assert output.split(b"\n")[:2] == [b"serve_forever returned", b"SIGINT handler restored"]
+
+
+def test_a_client_that_sends_nothing_is_closed_after_first_data_timeout(
+    serve: Callable[..., Server], caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="greenflow.server")
+    server = serve(echo, first_data_timeout=0.2)
+    assert server.first_data_timeout == 0.2
+    port = port_of(server)
+    with greenflow.connect_tcp("127.0.0.1", port, timeout=10) as silent:
+        started = time.monotonic()
+        assert exchange(port, b"talkative") == b"talkative"  # served meanwhile
+        assert silent.read() == b""  # closed by the server, not by the flow's timeout
+        assert 0.15 < time.monotonic() - started < 5
+    assert "sent nothing in 0.2 s" in caplog.text
+    assert server.active_connections == 0
+
+
+def test_first_data_timeout_bounds_only_the_first_bytes(serve: Callable[..., Server]) -> None:
+    server = serve(echo, first_data_timeout=0.2)
+    with greenflow.connect_tcp("127.0.0.1", port_of(server), timeout=10) as client:
+        client.write(b"first")
+        assert read_exactly(client, 5) == b"first"
+        client.timeout = 0.5  # longer than first_data_timeout: the server keeps the connection
+        with pytest.raises(greenflow.FlowTimeout):
+            client.read()
+        client.write(b"again")
+        assert read_exactly(client, 5) == b"again"
+
+
+def test_a_connection_waiting_for_its_first_bytes_is_idle_for_a_stop() -> None:
+    server = Server(echo, "tcp://127.0.0.1:0", first_data_timeout=30, grace=5)
+    server.start()
+    try:
+        port = port_of(server)
+        with greenflow.connect_tcp("127.0.0.1", port, timeout=10) as silent:
+            # Accepted in order: once a later client is served, the silent one waits.
+            assert exchange(port, b"later") == b"later"
+            assert server.active_connections == 1
+            started = time.monotonic()
+            server.stop()
+            assert time.monotonic() - started < 1
+            assert silent.read() == b""
+    finally:
+        server.stop(grace=0)
+
+
+def test_connection_deadline_ends_a_trickling_client(
+    serve: Callable[..., Server], caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="greenflow.server")
+    server = serve(echo, timeout=1.0, connection_deadline=0.5)
+    assert server.connection_deadline == 0.5
+    with greenflow.connect_tcp("127.0.0.1", port_of(server), timeout=10) as client:
+        started = time.monotonic()
+        with pytest.raises(BrokenError):
+            # A byte every 50 ms, each well inside the per-call timeout.
+            while time.monotonic() - started < 10:
+                client.write(b"x")
+                if client.read() != b"x":
+                    raise BrokenError("the server ended the connection")
+                gevent.sleep(0.05)
+        assert 0.45 < time.monotonic() - started < 5
+    assert "its deadline of 0.5 s passed" in caplog.text
+
+
+def test_default_max_connections_follows_the_descriptor_limit() -> None:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (500, hard))
+        assert greenflow.server.default_max_connections() == 500 - 64
+        resource.setrlimit(resource.RLIMIT_NOFILE, (40, hard))
+        assert greenflow.server.default_max_connections() == 16
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    assert 16 <= greenflow.server.default_max_connections() < max(soft, 17)
+
+
+def test_a_plain_server_never_loads_pyopenssl() -> None:
+    code = (
+        "import sys, greenflow\n"
+        "from greenflow.handlers import echo\n"
+        "with greenflow.Server(echo, 'tcp://127.0.0.1:0') as server:\n"
+        "    with greenflow.connect_tcp('127.0.0.1', server.addresses[0][1], timeout=10) as flow:\n"
+        "        flow.write(b'x'); assert flow.read() == b'x'\n"
+        "assert 'OpenSSL' not in sys.modules, 'loaded'\n"
+        "print('ok')\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=30)
+    assert result.stdout.strip() == "ok", result.stderr

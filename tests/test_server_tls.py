@@ -112,3 +112,65 @@ def test_graceful_stop_ends_idle_tls_connections_cleanly(
         assert flow.read() == b""  # close_notify: a clean EOF, not truncation
         stopper.join(5)
         assert stopper.successful()
+
+
+def test_a_stop_does_not_wait_for_a_handshake(contexts: tuple[SSL.Context, SSL.Context]) -> None:
+    # One TCP connect that sends nothing to a tls:// listener used to hold
+    # every graceful stop for the whole grace period: a connection in its
+    # handshake has no request in progress, so the stop ends it at once.
+    server = Server(echo, "tls://127.0.0.1:0", tls_context=contexts[0], grace=5, timeout=10)
+    server.start()
+    try:
+        port = port_of(server)
+        with greenflow.connect_tcp("127.0.0.1", port, timeout=10) as silent:
+            # Accepted in order: once a later client is served, the silent one is in its handshake.
+            assert tls_exchange(port, contexts[1], b"later") == b"later"
+            assert server.active_connections == 1
+            started = time.monotonic()
+            server.stop()
+            assert time.monotonic() - started < 1
+            assert silent.read() == b""
+    finally:
+        server.stop(grace=0)
+
+
+def test_tls_listener_is_a_layer_over_any_listener(
+    tmp_path: Path, contexts: tuple[SSL.Context, SSL.Context]
+) -> None:
+    inner = listen_unix(str(tmp_path / "layer.sock"))
+    listener = tls.TLSListener(inner, contexts[0], handshake_timeout=3)
+    assert isinstance(listener, greenflow.Listener)
+    assert isinstance(listener, greenflow.ListenerLayer)
+    assert listener.inner is inner
+    assert listener.url == f"unix+tls:{tmp_path / 'layer.sock'}"
+    assert listener.address == inner.address and listener.socket is inner.socket
+    assert listener.fileno() == inner.fileno()
+    assert listener.tls_context is contexts[0] and listener.handshake_timeout == 3
+    assert inner.tls_context is None and inner.handshake_timeout == tls.DEFAULT_HANDSHAKE_TIMEOUT
+    made = listen_tls("127.0.0.1", 0, contexts[0])
+    assert isinstance(made, tls.TLSListener) and made.url.startswith("tls://127.0.0.1:")
+    assert made.handshake_timeout == tls.DEFAULT_HANDSHAKE_TIMEOUT == 10.0
+    made.close()
+    listener.close()
+    assert inner.closed and listener.closed
+    assert not (tmp_path / "layer.sock").exists()
+    with pytest.raises(TypeError):
+        tls.TLSListener(inner, "not a context")
+
+
+def test_accept_on_a_tls_listener_returns_a_tls_flow(contexts: tuple[SSL.Context, SSL.Context]) -> None:
+    listener = listen_tls("127.0.0.1", 0, contexts[0], handshake_timeout=5)
+    port = int(listener.address[1])  # type: ignore[index]
+    try:
+        # Queued first, and not TLS: its handshake fails, and iterating skips it.
+        garbage = greenflow.connect_tcp("127.0.0.1", port, timeout=10)
+        garbage.write(b"GET / HTTP/1.0\r\n\r\n")
+        good = gevent.spawn(tls_exchange, port, contexts[1], b"secret")
+        with next(iter(listener)) as flow:
+            assert isinstance(flow, tls.TLSFlow)
+            flow.write(flow.read())
+        assert good.get(timeout=10) == b"secret"
+        assert garbage.read() == b"" or True  # closed by the listener (an alert, or nothing)
+        garbage.close()
+    finally:
+        listener.close()

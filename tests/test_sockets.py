@@ -9,6 +9,7 @@ import struct
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import Callable
 
 import gevent
@@ -17,7 +18,7 @@ import pytest
 
 import greenflow
 from greenflow import BrokenError, ClosedError, Flow, FlowTimeout, SocketFlow
-from greenflow.testing import check_flow_pair
+from greenflow.testing import check_flow_pair, wait_all_blocked
 
 from pairs import SOCKET_PAIRS, clogged, tcp_pair, unix_pair
 
@@ -95,7 +96,7 @@ def test_reset_wakes_a_blocked_reader() -> None:
     client, server = tcp_pair()
     with client:
         reading = gevent.spawn(client.read)
-        gevent.sleep(0.01)
+        wait_all_blocked()
         _reset(server)
         with pytest.raises(BrokenError):
             reading.get(timeout=5)
@@ -358,7 +359,7 @@ def test_close_in_the_same_loop_turn_as_readiness_wins() -> None:
 
         closing = gevent.spawn(closer)
         reading = gevent.spawn(reader)
-        gevent.sleep(0.01)  # both parked on their watchers
+        wait_all_blocked()  # both parked on their watchers
         # Both descriptors ready before the loop polls again; libev invokes
         # the later one's watcher first, so the closer runs first.
         b.socket.send(b"data")
@@ -448,12 +449,66 @@ def test_close_after_the_descriptor_vanished_logs_instead_of_crashing_the_hub(
 
     with b:
         reading = gevent.spawn(reader)
-        gevent.sleep(0.01)  # parked on its watcher
+        wait_all_blocked()  # parked on its watcher
         os.close(a.socket.fileno())  # behind the flow's back
         a.close()
         assert isinstance(reading.get(timeout=5), ClosedError)
-        gevent.sleep(0.01)  # the deferred release has run
+        wait_all_blocked()  # the deferred release has run
         a.socket.detach()
     errors = capfd.readouterr().err
     assert "Traceback" not in errors, errors
     assert "Bad file descriptor" not in errors
+
+
+# -- closing without a reset --------------------------------------------------------
+
+
+def test_has_unread_input_peeks_without_taking() -> None:
+    mine, theirs = tcp_pair()
+    with mine, theirs:
+        assert not mine.has_unread_input()
+        theirs.write(b"xy")
+        assert mine.read(1) == b"x"  # waits for the data: then one byte is left
+        assert mine.has_unread_input()
+        assert mine.read() == b"y"  # the peek took nothing
+        assert not mine.has_unread_input()
+        theirs.shutdown("write")
+        assert mine.read() == b""
+        assert not mine.has_unread_input()  # at EOF
+    assert not mine.has_unread_input()  # closed
+
+
+def test_close_lingering_keeps_a_response_that_a_reset_would_destroy() -> None:
+    # The peer sent bytes nobody read: a plain close would reset, and the
+    # reset would throw away the unsent end of a large reply.
+    body = os.urandom(4_000_000)
+    mine, theirs = tcp_pair()
+    with theirs:
+        theirs.write(b"unread request")
+        assert mine.read(1) == b"u"
+        received = gevent.spawn(_read_all, theirs)
+        mine.write(body)  # returns with the end of it still in the send queue
+        assert mine.has_unread_input()
+        assert mine.close_lingering(10) is True
+        assert mine.closed
+        assert received.get(timeout=10) == body
+
+
+def _read_all(flow: Flow) -> bytes:
+    data = bytearray()
+    while chunk := flow.read():
+        data += chunk
+    return bytes(data)
+
+
+def test_close_lingering_gives_up_after_its_timeout() -> None:
+    mine, theirs = tcp_pair()
+    with theirs:
+        mine.timeout = 0.2
+        with pytest.raises(FlowTimeout):
+            mine.write(b"x" * 64_000_000)  # a peer that never reads: the buffers fill up
+        started = time.monotonic()
+        assert mine.close_lingering(0.2) is False  # the queue never empties, no EOF comes
+        assert 0.15 < time.monotonic() - started < 3
+        assert mine.closed
+    assert mine.close_lingering() is False  # closed already: nothing to do

@@ -7,8 +7,10 @@ that the suite names what is wrong with each.
 
 from __future__ import annotations
 
+import contextlib
 import subprocess
 import sys
+import time
 from collections.abc import Callable, Iterable
 
 import gevent
@@ -17,7 +19,14 @@ import pytest
 from greenflow import BrokenError, ClosedError, Flow, FlowTimeout, socketpair
 from greenflow.flow import Buffer, Shutdown
 from greenflow.kit import DirectionState
-from greenflow.testing import MemoryFlow, MemoryPipe, check_flow_pair, lockstep_pair, memory_pair
+from greenflow.testing import (
+    MemoryFlow,
+    MemoryPipe,
+    check_flow_pair,
+    lockstep_pair,
+    memory_pair,
+    wait_all_blocked,
+)
 from greenflow.testing._memory import _pair
 
 from pairs import MEMORY_PAIRS
@@ -44,11 +53,11 @@ def test_memory_pair_buffer_is_bounded() -> None:
     a.write(b"0123456789")  # fits: returns at once
     assert a.outgoing.buffered_bytes == 10
     writing = gevent.spawn(a.write, b"abcdef")
-    gevent.sleep(0)
+    wait_all_blocked()
     assert not writing.ready(), "a write past the buffer did not wait for the reader"
     assert a.outgoing.pending_bytes == 6
     assert b.read(4) == b"0123"  # makes room for 4 of the 6 pending bytes
-    gevent.sleep(0)
+    wait_all_blocked()
     assert not writing.ready(), "the write returned with 2 bytes still pending"
     assert a.outgoing.pending_bytes == 2
     assert b.read() == b"456789abcdef"  # the buffer, then straight from the writer
@@ -58,10 +67,10 @@ def test_memory_pair_buffer_is_bounded() -> None:
 def test_lockstep_write_returns_only_when_read() -> None:
     a, b = lockstep_pair()
     writing = gevent.spawn(a.write, b"hello")
-    gevent.sleep(0)
+    wait_all_blocked()
     assert not writing.ready()
     assert b.read(2) == b"he"
-    gevent.sleep(0)
+    wait_all_blocked()
     assert not writing.ready(), "the write returned before all of it was read"
     assert b.read() == b"llo"
     writing.get(timeout=5)
@@ -85,7 +94,7 @@ def test_stall_released_from_another_greenlet() -> None:
     b.incoming.stalled = True
     a.write(b"later")
     reading = gevent.spawn(b.read)
-    gevent.sleep(0.01)
+    wait_all_blocked()
     assert not reading.ready()
     b.incoming.stalled = False
     assert reading.get(timeout=5) == b"later"
@@ -308,3 +317,127 @@ def test_an_unexpected_exception_fails_its_check_and_the_suite_goes_on() -> None
     message = str(caught.value)
     assert "unexpected NotImplementedError: read_into is not written yet" in message
     assert "of 24 flow contract checks failed" in message
+
+
+# -- the suite fails fast on flows that hang --------------------------------------------------
+
+
+class DropsTheTailOfLargeWrites(_Broken):
+    """Sends the first 64 KiB of each write and silently drops the rest."""
+
+    def write(self, data: Buffer) -> None:
+        super().write(memoryview(data).cast("B")[:65536])
+
+    def writev(self, buffers: Iterable[Buffer]) -> None:
+        self.write(b"".join(buffers))
+
+
+class WriteShutdownDoesNothing(_Broken):
+    def shutdown(self, how: Shutdown | str = Shutdown.WRITE) -> None:
+        if how not in (Shutdown.WRITE, "write"):
+            super().shutdown(how)
+
+
+class ReadNeverReturns(_Broken):
+    def read(self, max_bytes: int | None = None) -> bytes:
+        gevent.sleep(3600)
+        return b""
+
+    def read_into(self, buffer: bytearray | memoryview) -> int:
+        gevent.sleep(3600)
+        return 0
+
+
+def _run_timed(cls: type[MemoryFlow]) -> tuple[list[str], float]:
+    """The failure lines of a run with the default bounds, and how long it took."""
+    started = time.monotonic()
+    with pytest.raises(AssertionError) as caught:
+        check_flow_pair(_maker(cls))
+    elapsed = time.monotonic() - started
+    return [line for line in str(caught.value).splitlines() if line.startswith("- ")], elapsed
+
+
+HANGING = [
+    (
+        DropsTheTailOfLargeWrites,
+        ["one write much larger than any buffer reaches a slow reader whole", "data flows both ways, intact"],
+    ),
+    (WriteShutdownDoesNothing, ["shutdown('write') is a half-close; EOF is sticky"]),
+]
+
+
+@pytest.mark.parametrize(("cls", "checks"), HANGING, ids=[cls.__name__ for cls, _ in HANGING])
+def test_a_hanging_flow_is_reported_within_30_s(cls: type[MemoryFlow], checks: list[str]) -> None:
+    failing, elapsed = _run_timed(cls)
+    # A bound on a hang, not a speed claim: these runs took 131 s and 91 s
+    # when each check could hang for 30 s.
+    assert elapsed < 30, f"check_flow_pair took {elapsed:.1f} s to report {cls.__name__}"
+    for check in checks:
+        assert any(line.startswith(f"- {check}") for line in failing), f"{check!r} not named in {failing}"
+
+
+def test_a_flow_that_hangs_everywhere_is_reported_within_30_s_with_every_check() -> None:
+    failing, elapsed = _run_timed(ReadNeverReturns)
+    assert elapsed < 30, f"check_flow_pair took {elapsed:.1f} s on a flow whose reads never return"
+    hung = [line for line in failing if "did not finish within" in line]
+    # Every check but those that never read (argument checks, attributes,
+    # write errors) waits for a read; each is listed, with where it waited.
+    assert len(hung) >= 17, "\n".join(failing)
+    assert all("blocked at" in line for line in hung), "\n".join(hung)
+    assert any("0 of the 12 bytes written had come" in line for line in hung), "\n".join(hung)
+    assert any("cut from 5 s: earlier checks hung" in line for line in hung), "\n".join(hung)
+
+
+def test_check_timeout_and_hang_budget_must_be_positive() -> None:
+    with pytest.raises(ValueError, match="check_timeout must be a positive"):
+        check_flow_pair(memory_pair, check_timeout=0)
+    with pytest.raises(ValueError, match="hang_budget must be a positive"):
+        check_flow_pair(memory_pair, hang_budget=-1)
+
+
+class SwallowsKills(_Broken):
+    """A read that catches everything thrown into it, thrice, before it gives up."""
+
+    def read(self, max_bytes: int | None = None) -> bytes:
+        for _ in range(3):
+            with contextlib.suppress(BaseException):
+                gevent.sleep(3600)
+        raise ClosedError("gave up")
+
+
+def test_a_flow_that_swallows_the_kill_does_not_hold_up_the_run() -> None:
+    started = time.monotonic()
+    with pytest.raises(AssertionError) as caught:
+        check_flow_pair(_maker(SwallowsKills), check_timeout=0.5, only=["data flows both ways"])
+    assert time.monotonic() - started < 5
+    assert "did not finish within 0.5 s, and went on when killed (blocked at read_exactly" in str(
+        caught.value
+    )
+
+
+def test_a_write_the_peer_read_whole_succeeds_though_the_peer_then_closed() -> None:
+    """Found by http.client over a memory pair: the reader took every byte and closed at once."""
+    for make in (lockstep_pair, lambda: memory_pair(4)):
+        left, right = make()
+        writing = gevent.spawn(left.write, b"0123456789")
+        wait_all_blocked()
+        got = b""
+        while len(got) < 10:
+            got += right.read()
+        right.close()  # before the writer has woken
+        writing.get(timeout=5)  # returns: every byte was taken
+        assert got == b"0123456789"
+        with pytest.raises(BrokenError):
+            left.write(b"more")  # and now the peer is gone
+        left.close()
+
+
+def test_a_write_the_peer_did_not_take_fails_when_it_closes() -> None:
+    left, right = lockstep_pair()
+    writing = gevent.spawn(left.write, b"0123456789")
+    wait_all_blocked()
+    assert right.read(4) == b"0123"
+    right.close()
+    with pytest.raises(BrokenError, match="the peer closed the flow"):
+        writing.get(timeout=5)
+    left.close()

@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import os
+import pathlib
+
 import gevent
+import gevent.socket
 import pytest
+from OpenSSL import SSL
 
 import greenflow
 from greenflow import FlowTimeout, tls
@@ -168,3 +173,126 @@ def test_context_option_errors() -> None:
     assert tls.default_client_context() is tls.default_client_context()
     with open(certs.ca, "rb") as file:
         tls.client_context(cadata=file.read())
+
+
+# -- certificates OpenSSL holds and cryptography cannot parse (issue 9) ----------------
+
+
+def test_a_certificate_that_does_not_parse_still_fails_as_a_certificate_error() -> None:
+    # One flipped byte in notBefore: the signature no longer verifies, and
+    # cryptography refuses the certificate, so the message cannot use it.
+    certs = shared_certs()
+    client_ctx, _ = contexts(certs)
+    mine, theirs = _both(client_ctx, tls.server_context(certs.bad_validity))
+    assert isinstance(mine, TLSCertificateError), mine
+    assert "did not verify" in str(mine) and "server's certificate" in str(mine)
+    assert mine.verify_code != 0
+    assert isinstance(theirs, TLSError) and "alert" in str(theirs)  # the alert was sent
+
+
+def test_a_hostname_mismatch_on_a_san_that_does_not_parse() -> None:
+    # CA-signed, so the chain verifies, but the SAN's DNS name holds a
+    # non-ASCII byte: the host name check fails, and the names cannot be read.
+    certs = shared_certs()
+    client_ctx, _ = contexts(certs)
+    mine, theirs = _both(client_ctx, tls.server_context(certs.bad_san))
+    assert isinstance(mine, TLSCertificateError), mine
+    assert "does not match the expected name 'localhost'" in str(mine)
+    assert "could not be read" in str(mine)
+    assert isinstance(theirs, TLSError) and "bad certificate" in str(theirs)
+
+
+def test_connect_tls_to_a_certificate_that_does_not_parse() -> None:
+    certs = shared_certs()
+    client_ctx, _ = contexts(certs)
+    server_ctx = tls.server_context(certs.bad_validity)
+    listener = gevent.socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(1)
+
+    def serve() -> object:
+        sock, _ = listener.accept()
+        return _outcome(lambda: tls.server(greenflow.from_socket(sock), server_ctx, handshake_timeout=5))
+
+    side = gevent.spawn(serve)
+    try:
+        port = listener.getsockname()[1]
+        with pytest.raises(TLSCertificateError, match="did not verify"):
+            tls.connect_tls("127.0.0.1", port, client_ctx, server_hostname="localhost", handshake_timeout=5)
+        assert isinstance(side.get(timeout=10), TLSError)
+    finally:
+        side.kill()
+        listener.close()
+
+
+# -- files that are missing or hold the wrong thing (issue 9) ---------------------------
+
+
+def _pem_parts(path: str) -> tuple[str, str]:
+    """(key, certificates) of a trustme key-and-chain file."""
+    with open(path) as file:
+        text = file.read()
+    at = text.index("-----BEGIN CERTIFICATE")
+    return text[:at], text[at:]
+
+
+@pytest.fixture
+def bad_files(tmp_path: pathlib.Path) -> dict[str, str]:
+    certs = shared_certs()
+    key, chain = _pem_parts(certs.server)
+    other_key, _ = _pem_parts(certs.client)
+    files = {"junk": "hello, not PEM\n", "cert_only": chain, "key": key, "other_key": other_key}
+    paths = {}
+    for name, text in files.items():
+        path = tmp_path / f"{name}.pem"
+        path.write_text(text)
+        paths[name] = str(path)
+    paths["missing"] = str(tmp_path / "missing.pem")
+    return paths
+
+
+def test_a_missing_certificate_file_is_named(bad_files: dict[str, str]) -> None:
+    with pytest.raises(FileNotFoundError, match="cannot read the TLS server certificate file") as caught:
+        tls.server_context(bad_files["missing"])
+    assert caught.value.filename == bad_files["missing"] and bad_files["missing"] in str(caught.value)
+    with pytest.raises(FileNotFoundError, match="server key file"):
+        tls.server_context(bad_files["cert_only"], bad_files["missing"])
+
+
+def test_a_file_that_is_not_pem_is_named(bad_files: dict[str, str]) -> None:
+    junk = bad_files["junk"]
+    with pytest.raises(ValueError, match=r"server certificate file .* holds no PEM certificate") as caught:
+        tls.server_context(junk)
+    assert repr(junk) in str(caught.value)
+    with pytest.raises(ValueError, match=r"server key file .* holds no PEM private key"):
+        tls.server_context(bad_files["cert_only"], junk)
+
+
+def test_a_certificate_without_its_key(bad_files: dict[str, str]) -> None:
+    cert_only = bad_files["cert_only"]
+    with pytest.raises(ValueError, match=r"holds no PEM private key.*pass keyfile") as caught:
+        tls.server_context(cert_only)
+    assert repr(cert_only) in str(caught.value)
+    assert isinstance(tls.server_context(cert_only, bad_files["key"]), SSL.Context)  # with its key: fine
+
+
+def test_a_key_that_does_not_belong_to_the_certificate(bad_files: dict[str, str]) -> None:
+    with pytest.raises(ValueError, match="does not belong to the certificate") as caught:
+        tls.server_context(bad_files["cert_only"], bad_files["other_key"])
+    assert bad_files["other_key"] in str(caught.value) and bad_files["cert_only"] in str(caught.value)
+    with pytest.raises(ValueError, match="does not belong"):
+        tls.client_context(
+            cafile=shared_certs().ca, certfile=bad_files["cert_only"], keyfile=bad_files["other_key"]
+        )
+
+
+def test_bad_ca_files_are_named(bad_files: dict[str, str]) -> None:
+    with pytest.raises(FileNotFoundError, match="cannot read the TLS CA file") as caught:
+        tls.client_context(cafile=bad_files["missing"])
+    assert caught.value.filename == bad_files["missing"]
+    with pytest.raises(ValueError, match=r"CA file .* holds no PEM certificate"):
+        tls.client_context(cafile=bad_files["junk"])
+    with pytest.raises(ValueError, match=r"client CA file .* holds no PEM certificate"):
+        tls.server_context(shared_certs().server, client_cafile=bad_files["key"])
+    with pytest.raises(IsADirectoryError, match="CA file"):
+        tls.client_context(cafile=os.path.dirname(bad_files["junk"]))

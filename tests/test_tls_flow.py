@@ -5,13 +5,14 @@ from __future__ import annotations
 import functools
 import os
 import time
+import tracemalloc
 
 import gevent
 import pytest
 
 import greenflow
 from greenflow import BrokenError, ClosedError, FlowTimeout, tls
-from greenflow.testing import check_flow_pair, lockstep_pair, memory_pair
+from greenflow.testing import check_flow_pair, lockstep_pair, memory_pair, wait_all_blocked
 from greenflow.tls import TLSError, TLSFlow
 
 from pairs import tcp_pair, unix_pair
@@ -72,6 +73,11 @@ def test_unwrap_returns_bytes_after_close_notify() -> None:
     assert got == b"plain text now"
     under_b, rest = side.get(timeout=5)
     assert rest == b""
+    assert "unwrapped" in repr(a)
+    a.close()  # handed back: closing the TLS flow leaves the underlying one to its new owner
+    assert not flow.closed
+    with pytest.raises(ClosedError):
+        a.unwrap()
     flow.close()
     under_b.close()
 
@@ -170,7 +176,7 @@ def test_read_timeout_loses_nothing_and_busy() -> None:
     assert a.read() == b"later"
     a.timeout = None
     reader = gevent.spawn(a.read)
-    gevent.sleep(0)
+    wait_all_blocked()
     with pytest.raises(greenflow.BusyError):
         a.read()
     a.close()
@@ -179,12 +185,24 @@ def test_read_timeout_loses_nothing_and_busy() -> None:
     b.close()
 
 
+def _stream_buffers_held() -> int:
+    """How many blocks of STREAM_BUFFER_SIZE or more the TLS pump holds now."""
+    from greenflow.tls._pump import STREAM_BUFFER_SIZE
+
+    snapshot = tracemalloc.take_snapshot().filter_traces(
+        [tracemalloc.Filter(True, "*greenflow/tls/_pump.py")]
+    )
+    return sum(1 for trace in snapshot.traces if trace.size >= STREAM_BUFFER_SIZE)
+
+
 def test_stream_buffer_only_while_streaming() -> None:
     # Bulk data is received into one reused 256 KiB buffer, but a flow that
     # goes idle must not hold it: thousands of idle TLS flows stay cheap.
-    from greenflow.tls._flow import STREAM_BUFFER_SIZE
+    # tracemalloc sees the pump's allocations, without looking inside it.
+    from greenflow.tls._pump import STREAM_BUFFER_SIZE
 
     a, b = _tls_pair("TLSv1.3")
+    tracemalloc.start()
     try:
         data = os.urandom(4 * STREAM_BUFFER_SIZE)
         sending = gevent.spawn(b.write, data)
@@ -192,17 +210,18 @@ def test_stream_buffer_only_while_streaming() -> None:
         saw_buffer = False
         while len(received) < len(data):
             received += a.read()
-            saw_buffer = saw_buffer or a._stream_buffer is not None
+            saw_buffer = saw_buffer or _stream_buffers_held() > 0
         sending.get(timeout=10)
         assert received == data
         assert saw_buffer, "a bulk transfer never used the reused buffer"
         idle = gevent.spawn(a.read)
-        gevent.sleep(0.05)  # parked, waiting for data that does not come
+        wait_all_blocked()  # parked, waiting for data that does not come
         assert not idle.ready()
-        assert a._stream_buffer is None, "an idle TLS flow holds its 256 KiB receive buffer"
+        assert _stream_buffers_held() == 0, "an idle TLS flow holds its 256 KiB receive buffer"
         b.write(b"wake")
         assert idle.get(timeout=5) == b"wake"
     finally:
+        tracemalloc.stop()
         a.close()
         b.close()
 
@@ -220,12 +239,11 @@ def test_a_write_never_reports_bytes_it_did_not_send(ending: str) -> None:
     raw = client.underlying
     assert raw is not None
     try:
-        gevent.sleep(0.01)
-        assert server._send_lock.locked(), "precondition: the sender is blocked on the tickets"
+        wait_all_blocked()  # the server's sender blocks on the tickets: lockstep moves nothing unread
         writing = gevent.spawn(server.write, b"important data" * 100)
-        gevent.sleep(0.01)
+        wait_all_blocked()
         assert raw.read(65536)  # the tickets: the sender moves on to the write's records
-        gevent.sleep(0.01)
+        wait_all_blocked()
         if ending == "close":
             server.close()
             with pytest.raises(ClosedError):
@@ -314,12 +332,12 @@ def test_an_empty_server_hostname_is_refused() -> None:
 def test_shutdown_read_write_wakes_the_reader_even_when_the_write_half_times_out() -> None:
     client, server = _tls_pair("TLSv1.3", make=lockstep_pair)
     try:
-        gevent.sleep(0.01)
-        while server._send_lock.locked():  # let the tickets through first
-            client.underlying.read(65536)  # type: ignore[union-attr]
-            gevent.sleep(0.01)
+        # Let the tickets through first: the server's sender is blocked on them.
+        wait_all_blocked()
+        assert client.underlying.read(65536)  # type: ignore[union-attr]
+        wait_all_blocked()
         reading = gevent.spawn(client.read)
-        gevent.sleep(0.01)
+        wait_all_blocked()
         client.timeout = 0.2
         with pytest.raises(FlowTimeout):
             client.shutdown("read_write")  # the silent lockstep peer never takes the close_notify

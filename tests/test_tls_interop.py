@@ -26,6 +26,9 @@ from greenflow.tls import TLSFlow, TLSTruncatedError
 from tls_helpers import Certs, contexts, shared_certs
 
 OPENSSL = shutil.which("openssl") or "/usr/bin/openssl"
+needs_openssl = pytest.mark.skipif(
+    shutil.which("openssl") is None, reason="no openssl command on this machine (apt-get install openssl)"
+)
 VERSIONS = ["TLSv1.2", "TLSv1.3"]
 _FLAG = {"TLSv1.2": "-tls1_2", "TLSv1.3": "-tls1_3"}
 _STDLIB_VERSION = {"TLSv1.2": ssl.TLSVersion.TLSv1_2, "TLSv1.3": ssl.TLSVersion.TLSv1_3}
@@ -108,6 +111,7 @@ def _read_until(flow: TLSFlow, text: bytes, timeout: float = 10) -> bytes:
     return data
 
 
+@needs_openssl
 @pytest.mark.parametrize("version", VERSIONS)
 def test_client_against_openssl_s_server(version: str) -> None:
     certs = shared_certs()
@@ -130,6 +134,7 @@ def test_client_against_openssl_s_server(version: str) -> None:
             flow.close()
 
 
+@needs_openssl
 def test_openssl_server_truncates() -> None:
     certs = shared_certs()
     client_ctx, _ = contexts(certs, "TLSv1.3")
@@ -164,6 +169,7 @@ def _accept(listener: socket.socket) -> greenflow.SocketFlow:
     return greenflow.from_socket(sock)
 
 
+@needs_openssl
 @pytest.mark.parametrize("version", VERSIONS)
 def test_server_against_openssl_s_client(version: str) -> None:
     certs = shared_certs()
@@ -204,6 +210,7 @@ def test_server_against_openssl_s_client(version: str) -> None:
             client.kill()
 
 
+@needs_openssl
 def test_server_sees_openssl_s_client_killed() -> None:
     certs = shared_certs()
     _, server_ctx = contexts(certs, "TLSv1.3")

@@ -40,6 +40,7 @@ import gevent
 from gevent.event import Event
 from gevent.socket import wait_read
 
+from ..addresses import Endpoint, Scheme, parse_url
 from ..errors import FlowError
 from ..flow import Flow
 from ..listeners import Listener, listen_url
@@ -69,13 +70,12 @@ MAX_BACKOFF: Final = 5.0
 CONNECT_TIMEOUT: Final = 5.0
 
 
-def check_dial_url(url: str) -> tuple[str, str]:
-    """Split ``tcp://HOST:PORT`` or ``unix:/path`` into its scheme and the rest, or raise ValueError."""
-    scheme, _, rest = url.partition(":")
-    scheme = scheme.lower()
-    if (scheme == "unix" and rest) or (scheme == "tcp" and rest.startswith("//")):
-        return scheme, rest
-    raise ValueError(f"{url!r} is not a URL memtrace can connect to (tcp://HOST:PORT or unix:/PATH)")
+def check_dial_url(url: str) -> Endpoint:
+    """Parse ``tcp://HOST:PORT`` or ``unix:/path`` (the URLs memtrace dials), or raise ValueError."""
+    endpoint = parse_url(url, kind="a URL memtrace can connect to")
+    if endpoint.scheme not in (Scheme.TCP, Scheme.UNIX):
+        raise ValueError(f"{url!r} is not a URL memtrace can connect to (tcp://HOST:PORT or unix:/PATH)")
+    return endpoint
 
 
 def connect_url(url: str, *, timeout: float | None = CONNECT_TIMEOUT) -> Flow:
@@ -85,14 +85,10 @@ def connect_url(url: str, *, timeout: float | None = CONNECT_TIMEOUT) -> Flow:
         ValueError: the URL is neither.
         FlowError: the connection failed.
     """
-    scheme, rest = check_dial_url(url)
-    if scheme == "unix":
-        path = rest[2:] if rest.startswith("///") else rest
-        return connect_unix("\0" + path[1:] if path.startswith("@") else path, timeout=timeout)
-    from ..listeners import _host_port  # noqa: PLC0415 - one HOST:PORT parser in greenflow
-
-    host, port = _host_port(rest[2:], url)
-    return connect_tcp(host, port, connect_timeout=timeout)
+    endpoint = check_dial_url(url)
+    if endpoint.scheme is Scheme.UNIX:
+        return connect_unix(endpoint.path, timeout=timeout)
+    return connect_tcp(endpoint.host, endpoint.port, connect_timeout=timeout)
 
 
 class SinkState(enum.Enum):

@@ -30,6 +30,7 @@ from typing import BinaryIO
 
 from gevent.event import Event
 
+from ..cli._common import positive_int
 from ..errors import FlowError
 from ..flow import Flow
 from ..listeners import listen_url
@@ -56,7 +57,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         viewer.add_argument("--save", type=Path, metavar="FILE", help="also write the stream to FILE")
         viewer.add_argument("--plain", action="store_true", help="plain lines even on a terminal")
         viewer.add_argument(
-            "--samples", type=_positive_int, metavar="N", help="exit after N samples (default: until the end)"
+            "--samples", type=positive_int, metavar="N", help="exit after N samples (default: until the end)"
         )
     report = commands.add_parser(
         "report", help="chart a saved trace as a PNG", description="Replay a saved trace into a PNG chart."
@@ -64,7 +65,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     report.add_argument("file", type=Path, metavar="FILE", help="a stream saved with --save")
     report.add_argument("--png", type=Path, required=True, metavar="OUT", help="the PNG to write")
     report.add_argument(
-        "--top", type=_positive_int, default=10, metavar="N", help="sites to chart (default 10)"
+        "--top", type=positive_int, default=10, metavar="N", help="sites to chart (default 10)"
     )
 
 
@@ -182,16 +183,6 @@ class _Viewer:
         self.display.show(self.model, record)
         if self.limit is not None and self.model.samples >= self.limit:
             self.done.set()
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
-    return value
 
 
 def _say(message: str) -> None:

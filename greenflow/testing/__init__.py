@@ -14,11 +14,14 @@ check it::
   write returns only when the other end has read all of it.
 - :func:`check_flow_pair`: runs every check of the flow contract against
   pairs from a factory and raises ``AssertionError`` listing what failed.
+- :func:`wait_all_blocked`: returns once every other greenlet is blocked; use
+  it instead of a sleep to let other greenlets get as far as they can.
 """
 
 from __future__ import annotations
 
 from ._check import MakePair, check_flow_pair
+from ._idle import wait_all_blocked
 from ._memory import DEFAULT_MEMORY_BUFFER, MemoryFlow, MemoryPipe, lockstep_pair, memory_pair
 
 __all__ = [
@@ -29,4 +32,5 @@ __all__ = [
     "check_flow_pair",
     "lockstep_pair",
     "memory_pair",
+    "wait_all_blocked",
 ]

@@ -66,6 +66,7 @@ class MemoryPipe:
         self._trickle: int | None = None
         self.writer_done = False  # the writer shut down writing or closed: EOF after the data
         self.reader_gone = False  # the reader closed: writes fail
+        self.offer_lost = False  # the reader went away before taking all of a pending offer
         self.readable = Event()
         self.writable = Event()
 
@@ -149,6 +150,8 @@ class MemoryPipe:
     def discard(self) -> None:
         """Drop everything buffered and pending (the reader went away)."""
         self._buffer.clear()
+        if self._pending is not None:
+            self.offer_lost = True
         self._pending = None
         self.changed()
 
@@ -231,7 +234,7 @@ class MemoryFlow(FlowBase):
                 pipe.writable.wait()
                 if writer.state is _CLOSED:
                     raise closed_error(what)
-                if pipe.reader_gone:
+                if pipe.offer_lost:  # not when the reader took it all, then closed
                     raise writer.fail(BrokenError(f"{what} failed: the peer closed the flow"))
         except BaseException as exc:
             pipe.withdraw()

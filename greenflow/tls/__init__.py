@@ -16,13 +16,13 @@ from __future__ import annotations
 
 from OpenSSL import SSL
 
-from .._defaults import DEFAULT_HANDSHAKE_TIMEOUT
 from ..flow import Flow
 from ..sockets import connect_tcp
 from ._context import client_context, default_client_context, server_context
 from ._engine import TLSEngine, TLSEpoch
 from ._errors import TLSCertificateError, TLSError, TLSTruncatedError
 from ._flow import CLOSE_NOTIFY_TIMEOUT, TLSFlow
+from ._listener import DEFAULT_HANDSHAKE_TIMEOUT, TLSListener
 
 __all__ = [
     "CLOSE_NOTIFY_TIMEOUT",
@@ -32,6 +32,7 @@ __all__ = [
     "TLSEpoch",
     "TLSError",
     "TLSFlow",
+    "TLSListener",
     "TLSTruncatedError",
     "client",
     "client_context",

@@ -6,17 +6,27 @@ accepted wherever these are. The defaults: TLS 1.2 at least, certificates
 verified (a client always checks the server; a server checks clients when
 asked to), no TLS compression, forward-secret AEAD cipher suites only for
 TLS 1.2 (TLS 1.3 suites are all fine), and the server's order of preference.
+
+The files they load are checked here, so that a wrong file gives a sentence
+instead of OpenSSL's error queue: a file that cannot be read raises the
+``OSError`` of opening it (``FileNotFoundError``, ``PermissionError``,
+``IsADirectoryError``), reworded to say which file it was meant to be; a
+file that does not hold what it should (no PEM certificate, no PEM key, a
+key that does not belong to the certificate) raises ``ValueError`` naming
+the file and what is wrong with it.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from collections.abc import Callable, Sequence
 
 from cryptography import x509
 from OpenSSL import SSL, crypto
+from OpenSSL._util import lib as _lib
 
-from ._errors import TLSError
+from ._errors import TLSError, reasons
 
 __all__ = ["client_context", "default_client_context", "server_context"]
 
@@ -69,11 +79,17 @@ def client_context(
         minimum_version, maximum_version: ``"TLSv1.2"`` or ``"TLSv1.3"``.
 
     Host names are checked per connection, by :func:`greenflow.tls.client`.
+
+    Raises:
+        OSError: a file cannot be read; the message names it.
+        ValueError: a file does not hold PEM certificates (or a key that
+            belongs to the certificate); the message names it and says what
+            is wrong. Also for a bad version or ALPN name.
     """
     context = _base_context(minimum_version, maximum_version)
     context.set_verify(SSL.VERIFY_PEER)
     if cafile is not None:
-        context.load_verify_locations(os.fsdecode(cafile))
+        _load_cas(context, cafile, "CA file")
     if cadata is not None:
         store = context.get_cert_store()
         assert store is not None
@@ -84,9 +100,7 @@ def client_context(
     if alpn_protocols:
         context.set_alpn_protos([_protocol(name) for name in alpn_protocols])
     if certfile is not None:
-        context.use_certificate_chain_file(os.fsencode(certfile))
-        context.use_privatekey_file(os.fsencode(keyfile if keyfile is not None else certfile))
-        context.check_privatekey()
+        _load_identity(context, certfile, keyfile, "client")
     return context
 
 
@@ -133,18 +147,23 @@ def server_context(
             certificate) to use for this connection, or ``None`` to keep
             this one.
         minimum_version, maximum_version: ``"TLSv1.2"`` or ``"TLSv1.3"``.
+
+    Raises:
+        OSError: a file cannot be read; the message names it.
+        ValueError: ``certfile`` holds no PEM certificate, the key file no
+            PEM private key, the key does not belong to the certificate, or
+            ``client_cafile`` holds no PEM certificate; the message names
+            the file. Also for bad options.
     """
     if require_client_certificate and client_cafile is None:
         raise ValueError("require_client_certificate needs client_cafile, to verify the certificates")
     context = _base_context(minimum_version, maximum_version)
     context.set_options(SSL.OP_CIPHER_SERVER_PREFERENCE)
-    context.use_certificate_chain_file(os.fsencode(certfile))
-    context.use_privatekey_file(os.fsencode(keyfile if keyfile is not None else certfile))
-    context.check_privatekey()
+    _load_identity(context, certfile, keyfile, "server")
     # A session id context lets sessions be resumed when clients are verified.
     context.set_session_id(b"greenflow")
     if client_cafile is not None:
-        context.load_verify_locations(os.fsdecode(client_cafile))
+        _load_cas(context, client_cafile, "client CA file")
         context.load_client_ca(os.fsencode(client_cafile))
         mode = SSL.VERIFY_PEER
         if require_client_certificate:
@@ -180,8 +199,126 @@ def server_context(
     return context
 
 
+def _readable(path: Path, what: str) -> str:
+    """The path as a string, once it is known to open; else its OSError, reworded."""
+    name = os.fsdecode(path)
+    try:
+        with open(name, "rb"):
+            pass
+    except OSError as exc:
+        raise type(exc)(exc.errno, f"cannot read the TLS {what} ({exc.strerror})", name) from exc
+    return name
+
+
+def _openssl_says(exc: SSL.Error) -> str:
+    return f"OpenSSL: {'; '.join(dict.fromkeys(reasons(exc))) or type(exc).__name__}"
+
+
+def _load_identity(context: SSL.Context, certfile: Path, keyfile: Path | None, whose: str) -> None:
+    """Load a certificate chain and its key, saying which file is wrong."""
+    cert_name = _readable(certfile, f"{whose} certificate file")
+    key_name = cert_name if keyfile is None else _readable(keyfile, f"{whose} key file")
+    try:
+        context.use_certificate_chain_file(os.fsencode(cert_name))
+    except SSL.Error as exc:
+        raise ValueError(
+            f"the TLS {whose} certificate file {cert_name!r} holds no PEM certificate ({_openssl_says(exc)})"
+        ) from exc
+    try:
+        context.use_privatekey_file(os.fsencode(key_name))
+        context.check_privatekey()
+    except SSL.Error as exc:
+        if "key values mismatch" in reasons(exc):
+            raise ValueError(
+                f"the private key in {key_name!r} does not belong to the certificate in {cert_name!r}"
+            ) from exc
+        if keyfile is None:
+            what, alone = "certificate file", "; if the key is in a file of its own, pass keyfile"
+        else:
+            what, alone = "key file", ""
+        raise ValueError(
+            f"the TLS {whose} {what} {key_name!r} holds no PEM private key ({_openssl_says(exc)}){alone}"
+        ) from exc
+
+
+def _load_cas(context: SSL.Context, cafile: Path, what: str) -> None:
+    name = _readable(cafile, what)
+    try:
+        context.load_verify_locations(name)
+    except SSL.Error as exc:
+        raise ValueError(f"the TLS {what} {name!r} holds no PEM certificate ({_openssl_says(exc)})") from exc
+
+
 def _protocol(name: str) -> bytes:
     encoded = name.encode("ascii")
     if not 0 < len(encoded) < 256:
         raise ValueError(f"an ALPN protocol name must be 1 to 255 bytes, not {name!r}")
     return encoded
+
+
+# -- the server's name, per connection ------------------------------------------
+
+
+def expect_server(
+    conn: SSL.Connection, context: SSL.Context, server_hostname: str, *, check_hostname: bool
+) -> None:
+    """Set a client connection up for the server ``server_hostname``.
+
+    Sends it as SNI (a DNS name; not an IP address), and with
+    ``check_hostname`` makes OpenSSL check it against the certificate inside
+    the handshake, so that a wrong server fails *before* it is sent
+    anything, with an alert.
+
+    Raises:
+        ValueError: the name is empty or holds a NUL byte, or a check was
+            asked for on a context that does not verify certificates at all,
+            where it would silently do nothing.
+    """
+    if not server_hostname.strip():
+        # OpenSSL takes an empty expected name as "check no name", which
+        # would accept any certificate the CA signed: refuse it.
+        raise ValueError("server_hostname is empty; give the name to check, or None for no name")
+    if "\0" in server_hostname:
+        raise ValueError(f"server_hostname {server_hostname!r} contains a NUL byte")
+    address = _parse_ip(server_hostname)
+    if address is None:
+        # SNI carries DNS names only (RFC 6066), in their ASCII form.
+        conn.set_tlsext_host_name(_ascii_name(server_hostname))
+    if check_hostname:
+        if context.get_verify_mode() & SSL.VERIFY_PEER == 0:
+            raise ValueError(
+                "the context does not verify certificates, so the host name "
+                f"{server_hostname!r} cannot be checked; use a context that verifies "
+                "(greenflow.tls.client_context) or pass check_hostname=False"
+            )
+        _set_expected_host(conn, server_hostname, address)
+
+
+def _parse_ip(name: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    try:
+        return ipaddress.ip_address(name.strip("[]"))
+    except ValueError:
+        return None
+
+
+def _ascii_name(name: str) -> bytes:
+    try:
+        return name.encode("ascii")
+    except UnicodeEncodeError:
+        return name.encode("idna")
+
+
+def _set_expected_host(
+    conn: SSL.Connection, name: str, address: ipaddress.IPv4Address | ipaddress.IPv6Address | None
+) -> None:
+    """Make OpenSSL check the peer's name inside the handshake."""
+    param = _lib.SSL_get0_param(conn._ssl)
+    if address is not None:
+        packed = address.packed
+        ok = _lib.X509_VERIFY_PARAM_set1_ip(param, packed, len(packed))
+    else:
+        _lib.X509_VERIFY_PARAM_set_hostflags(param, _lib.X509_CHECK_FLAG_NO_PARTIAL_WILDCARDS)
+        encoded = _ascii_name(name)
+        ok = _lib.X509_VERIFY_PARAM_set1_host(param, encoded, len(encoded))
+    if ok != 1:  # pragma: no cover - OpenSSL refuses only NUL bytes (refused above) or lacks memory
+        raise ValueError(f"{name!r} is not a host name OpenSSL can check a certificate against")

@@ -8,7 +8,7 @@ gives it two memory BIOs: an *incoming* one that we fill with ciphertext from
 the peer (``bio_write``) and an *outgoing* one that OpenSSL fills with
 ciphertext for the peer (``bio_read``). Everything else is the four OpenSSL
 operations: ``do_handshake``, ``recv`` (decrypt), ``send`` (encrypt) and
-``shutdown`` (send close_notify). The engine never blocks, never sleeps and
+``shutdown`` (write close_notify). The engine never blocks, never sleeps and
 imports neither gevent nor sockets: bytes go in, bytes and answers come out.
 That keeps the protocol testable with no sockets at all, and lets the pump in
 ``_flow.py`` be the only place that waits.
@@ -16,8 +16,10 @@ That keeps the protocol testable with no sockets at all, and lets the pump in
 What an operation answers
 -------------------------
 
-Each operation either finishes, or says it needs more ciphertext from the
-peer (``NEED_INPUT``, OpenSSL's ``WantReadError``), or fails. It can never
+Each operation (``do_handshake``, ``read_plaintext``, ``write_plaintext``,
+``write_close_notify``, ``renegotiate``) either finishes, or says it needs
+more ciphertext from the peer (``NEED_INPUT``, OpenSSL's ``WantReadError``),
+or fails. It can never
 need to *write* first: the outgoing BIO grows on demand, so OpenSSL never
 answers ``WantWriteError`` here. Any operation may leave ciphertext in the
 outgoing BIO (a handshake reply, a renegotiation message, an alert), and the
@@ -25,19 +27,43 @@ caller must send it to the peer *before* it waits for input, or both sides
 may wait for each other forever. That is the pump's first rule: send before
 you receive.
 
-The states
-----------
+The states (the rules every method keeps)
+-----------------------------------------
 
-``HANDSHAKING`` until ``do_handshake`` succeeds, then ``OPEN``. Any failure
-moves the engine to ``ERROR`` for good and every later operation raises the
-same :class:`TLSError` again (sticky), but ``data_to_send`` keeps working so
-that the alert OpenSSL wrote for the peer can still be sent: a peer that is
-told why it failed does not hang. Two flags sit beside the state, because
-TLS ends each direction on its own: ``sent_close_notify`` (our writing side
-is finished) and ``received_close_notify`` (the peer's is). Reading after we
-sent close_notify still works; that is the TLS 1.3 half-close. A transport
-EOF (``receive_eof``) without the peer's close_notify is a truncation and an
-error, unless the engine was made with ``allow_truncation``.
+The session as a whole is in one :class:`EngineState`:
+
+- ``HANDSHAKING`` until ``do_handshake`` answers ``None``, then ``OPEN``.
+- ``ERROR`` for good as soon as any call that touched OpenSSL raised, for
+  whatever reason: a TLS failure, garbage, a truncated stream, a callback of
+  the context that raised, even ``MemoryError``. The first such error is kept
+  (:attr:`~TLSEngine.error`, always a :class:`TLSError`) and every later
+  operation raises it again (sticky, same kind). Only ``ciphertext_to_send``
+  keeps working in ``ERROR``, so that the alert OpenSSL wrote for the peer
+  can still be sent: a peer that is told why it failed does not hang.
+- A call refused *before* it touches OpenSSL, for misuse (reading before the
+  handshake is done, writing after close_notify, renegotiating TLS 1.3),
+  raises ``ValueError`` and changes nothing.
+
+TLS ends each direction on its own, so each side's ending has a state of
+its own beside the session's:
+
+- our side (:class:`OurEnding`): ``OPEN``; ``CLOSE_NOTIFY_SENT`` once
+  ``write_close_notify`` wrote it (no more plaintext may be written; reading
+  goes on, which is the TLS 1.3 half-close); ``ABANDONED`` when that was asked
+  during the handshake, where nothing was agreed and so nothing is sent.
+- the peer's side (:class:`PeerEnding`): ``OPEN``; ``TRANSPORT_EOF`` once
+  ``receive_eof`` said the transport ended (what was fed before is still
+  read); then ``CLOSE_NOTIFY_RECEIVED`` when the peer's close_notify is read,
+  or ``TRUNCATED`` when the fed ciphertext runs out without it. A truncation
+  is an error (:class:`TLSTruncatedError`, the engine goes to ``ERROR``)
+  unless the engine was made with ``allow_truncation``; then reads report it
+  as EOF. After either ending, reads return EOF.
+
+The method names say which side of the record layer they touch: ciphertext
+comes in through ``receive_ciphertext`` and ``receive_eof`` and goes out
+through ``ciphertext_to_send``; plaintext goes in through
+``write_plaintext`` and out through ``read_plaintext`` and
+``read_plaintext_into``.
 
 Bounds
 ------
@@ -47,7 +73,7 @@ plaintext (16 KiB) and the incoming BIO holds what the caller fed it; the
 pump feeds only when an operation answered ``NEED_INPUT`` (which means less
 than a whole record is left), one read of the underlying flow at a time, so
 the incoming BIO stays under a record plus one read. The outgoing BIO is
-drained after every operation that writes, and ``write`` is given at most
+drained after every operation that writes, and ``write_plaintext`` is given at most
 :data:`WRITE_CHUNK` bytes at a time, so it stays under one chunk's
 ciphertext.
 
@@ -56,60 +82,79 @@ Cost
 
 pyOpenSSL calls are not free (a few microseconds of wrapper code and cffi
 each) and every Want* exception costs about a microsecond more, so the engine
-makes as few as it can: ``send`` takes up to four records' worth of
-plaintext in one call, ``data_to_send`` drains with a buffer larger than one
+makes as few as it can: ``write_plaintext`` takes up to four records' worth of
+plaintext in one call, ``ciphertext_to_send`` drains with a buffer larger than one
 chunk's ciphertext and knows it has drained everything when the answer is
 shorter than the buffer (no extra call ending in ``WantReadError``), and
-``recv`` reads one whole record per call.
+``read_plaintext`` reads one whole record per call.
 
 What pyOpenSSL does not expose
 ------------------------------
 
 A few things need OpenSSL functions that pyOpenSSL's public API lacks, and
-are done through its cffi bindings (``OpenSSL._util``), all in this module:
-whole (not partial) writes (``SSL_clear_mode``); the host name check
-inside the handshake (``X509_VERIFY_PARAM_set1_host``,
-so a wrong server fails *before* we send it anything, with an alert);
-whether a session was resumed (``SSL_session_reused``); the reason a
-certificate did not verify (``SSL_get_verify_result``); and taking back the
-ciphertext that follows the peer's close_notify out of the incoming BIO
-(``BIO_read`` on it), which is what ``unwrap`` returns for STARTTLS-style
-protocols.
+are done through its cffi bindings (``OpenSSL._util``): here, whole (not
+partial) writes (``SSL_clear_mode``), whether a session was resumed
+(``SSL_session_reused``), how much is buffered (``SSL_pending``,
+``BIO_get_mem_data``), and taking back the ciphertext that follows the
+peer's close_notify out of the incoming BIO (``BIO_read`` on it), which is
+what ``unwrap`` returns for STARTTLS-style protocols; in ``_context.py``,
+the host name check inside the handshake (``X509_VERIFY_PARAM_set1_host``,
+so a wrong server fails *before* we send it anything, with an alert); in
+``_errors.py``, the reason a certificate did not verify
+(``SSL_get_verify_result``) and a subject that ``cryptography`` cannot
+parse (``X509_NAME_oneline``).
 """
 
 from __future__ import annotations
 
 import enum
-import ipaddress
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Final, cast
+from typing import Final, NoReturn, TypeVar, cast
 
 from cryptography import x509
 from OpenSSL import SSL
 from OpenSSL._util import ffi as _ffi
 from OpenSSL._util import lib as _lib
 
-from ._errors import TLSCertificateError, TLSError, TLSTruncatedError
+from ._context import expect_server
+from ._errors import TLSCertificateError, TLSError, TLSTruncatedError, translate
 
-__all__ = ["NEED_INPUT", "WRITE_CHUNK", "EngineState", "NeedInput", "TLSEngine", "TLSEpoch"]
+__all__ = [
+    "NEED_INPUT",
+    "WRITE_CHUNK",
+    "EngineState",
+    "NeedInput",
+    "OurEnding",
+    "PeerEnding",
+    "TLSEngine",
+    "TLSEpoch",
+]
+
+_X = TypeVar("_X")
+_R = TypeVar("_R")
 
 #: The largest TLS record's plaintext.
 RECORD_SIZE: Final = 16384
-#: Plaintext handed to OpenSSL per ``send`` call: four records, so that each
-#: call and each underlying write moves about 64 KiB (performance notes).
+#: Plaintext handed to OpenSSL per ``write_plaintext`` call: four records, so
+#: that each call and each underlying write moves about 64 KiB (performance
+#: notes).
 WRITE_CHUNK: Final = 4 * RECORD_SIZE
 #: Worst-case bytes a record adds (TLS 1.2 CBC with SHA-384 and padding; TLS
 #: 1.3 and GCM add 22 to 29), with room to spare.
 _RECORD_OVERHEAD: Final = 512
-#: The buffer ``data_to_send`` drains the outgoing BIO with when it has no
-#: better idea: more than one chunk's ciphertext, so one call drains it.
+#: The buffer ``ciphertext_to_send`` drains the outgoing BIO with when it has
+#: no better idea: more than one chunk's ciphertext, so one call drains it.
 _DRAIN_SIZE: Final = WRITE_CHUNK + 4 * _RECORD_OVERHEAD
+#: Why a read first checks whether it is *starved* (no plaintext decrypted
+#: and not taken, no ciphertext fed and not processed, and no transport EOF
+#: to report): asking OpenSSL anyway costs a ``WantReadError`` (about 1.2 us
+#: in pyOpenSSL) on every read that finds nothing there, which is every read
+#: of a request/response exchange.
+#:
 #: Most plaintext one ``recv`` call asks for: OpenSSL returns at most one
 #: record per call anyway, so a larger request only costs a larger malloc.
 _READ_CHUNK: Final = 65536
-#: OpenSSL's verify result for a host name that the certificate does not hold.
-_X509_V_ERR_HOSTNAME_MISMATCH: Final = 62
-_X509_V_ERR_IP_ADDRESS_MISMATCH: Final = 64
 
 
 class NeedInput(enum.Enum):
@@ -128,6 +173,23 @@ class EngineState(enum.Enum):
     HANDSHAKING = "handshaking"
     OPEN = "open"
     ERROR = "error"
+
+
+class OurEnding(enum.Enum):
+    """How far our side (our writing direction) has ended."""
+
+    OPEN = "open"
+    CLOSE_NOTIFY_SENT = "close_notify sent"
+    ABANDONED = "ended during the handshake"
+
+
+class PeerEnding(enum.Enum):
+    """How far the peer's side (our reading direction) has ended."""
+
+    OPEN = "open"
+    TRANSPORT_EOF = "transport EOF, data left to read"
+    CLOSE_NOTIFY_RECEIVED = "close_notify received"
+    TRUNCATED = "EOF without close_notify"
 
 
 @dataclass(frozen=True, slots=True)
@@ -181,13 +243,12 @@ class TLSEngine:
     __slots__ = (
         "_conn",
         "_error",
+        "_ours",
+        "_peer",
         "_server_hostname",
         "allow_truncation",
-        "received_close_notify",
-        "sent_close_notify",
         "server_side",
         "state",
-        "transport_eof",
     )
 
     def __init__(
@@ -209,9 +270,8 @@ class TLSEngine:
         self.server_side = server_side
         self.allow_truncation = allow_truncation
         self.state = EngineState.HANDSHAKING
-        self.sent_close_notify = False
-        self.received_close_notify = False
-        self.transport_eof = False
+        self._ours = OurEnding.OPEN
+        self._peer = PeerEnding.OPEN
         self._error: TLSError | None = None
         self._server_hostname = server_hostname
         if server_side:
@@ -220,64 +280,48 @@ class TLSEngine:
         conn.set_connect_state()
         if session is not None:
             conn.set_session(session)
-        if server_hostname is None:
-            return
-        if not server_hostname.strip():
-            # OpenSSL takes an empty expected name as "check no name", which
-            # would accept any certificate the CA signed: refuse it.
-            raise ValueError("server_hostname is empty; give the name to check, or None for no name")
-        address = _parse_ip(server_hostname)
-        if address is None:
-            # SNI carries DNS names only (RFC 6066), in their ASCII form.
-            conn.set_tlsext_host_name(_ascii_name(server_hostname))
-        if check_hostname:
-            if context.get_verify_mode() & SSL.VERIFY_PEER == 0:
-                raise ValueError(
-                    "the context does not verify certificates, so the host name "
-                    f"{server_hostname!r} cannot be checked; use a context that verifies "
-                    "(greenflow.tls.client_context) or pass check_hostname=False"
-                )
-            _set_expected_host(conn, server_hostname, address)
+        if server_hostname is not None:
+            expect_server(conn, context, server_hostname, check_hostname=check_hostname)
 
     def __repr__(self) -> str:
         side = "server" if self.server_side else "client"
         return f"<TLSEngine {side} {self.state.value}>"
 
-    # -- moving ciphertext -------------------------------------------------------
+    # -- ciphertext in and out -----------------------------------------------------
 
-    def receive_data(self, data: bytes | bytearray | memoryview) -> None:
+    def receive_ciphertext(self, data: bytes | bytearray | memoryview) -> None:
         """Feed ciphertext that arrived from the peer."""
         if data:
-            self._conn.bio_write(data)
+            try:
+                self._conn.bio_write(data)
+            except BaseException as exc:
+                self._raise_failure(exc, "session")
 
     def receive_eof(self) -> None:
         """Tell the engine that the transport reached EOF."""
-        self.transport_eof = True
+        if self._peer is PeerEnding.OPEN:
+            self._peer = PeerEnding.TRANSPORT_EOF
 
-    def data_to_send(self, size_hint: int = _DRAIN_SIZE) -> bytes:
+    def ciphertext_to_send(self, size_hint: int = _DRAIN_SIZE) -> bytes:
         """Take all the ciphertext waiting for the peer (``b""`` if none).
 
         ``size_hint`` is the expected amount: asking for more than is there
         lets one call drain the BIO, since a short answer means it is empty.
+        Works in ``ERROR`` too (the alert); a failure here is recorded as the
+        error only if there was none yet.
         """
         conn = self._conn
         if not _lib.BIO_get_mem_data(conn._from_ssl, _ffi.NULL):
             return b""  # empty: a bio_read would only raise WantReadError (costly)
         try:
             data = conn.bio_read(size_hint)
-        except SSL.WantReadError:
-            return b""
-        if len(data) < size_hint:
-            return data
-        parts = [data]
-        while True:
-            try:
-                data = conn.bio_read(_DRAIN_SIZE)
-            except SSL.WantReadError:
-                break
-            parts.append(data)
-            if len(data) < _DRAIN_SIZE:
-                break
+            if len(data) < size_hint:
+                return data
+            parts = [data]
+            while _lib.BIO_get_mem_data(conn._from_ssl, _ffi.NULL):
+                parts.append(conn.bio_read(_DRAIN_SIZE))
+        except BaseException as exc:
+            self._raise_failure(exc, "session")
         return b"".join(parts)
 
     # -- the operations -----------------------------------------------------------
@@ -286,7 +330,8 @@ class TLSEngine:
         """Advance the handshake; ``None`` when it is complete.
 
         Raises:
-            TLSError: the handshake failed (alert, garbage, certificate).
+            TLSError: the handshake failed (alert, garbage, certificate), or
+                the transport ended before it completed.
         """
         if self.state is not EngineState.HANDSHAKING:
             self._check_error()
@@ -294,19 +339,17 @@ class TLSEngine:
         try:
             self._conn.do_handshake()
         except SSL.WantReadError:
-            if self.transport_eof:
+            if self._peer is not PeerEnding.OPEN:
                 raise self._fail(
                     TLSError("TLS handshake failed: the peer closed the connection during the handshake")
                 ) from None
             return NEED_INPUT
-        except SSL.Error as exc:
-            raise self._fail(self._translate(exc, "handshake")) from exc
-        except TLSError as exc:  # raised by one of our context's callbacks
-            raise self._fail(exc) from None
+        except BaseException as exc:
+            self._raise_failure(exc, "handshake")
         self.state = EngineState.OPEN
         return None
 
-    def recv(self, max_bytes: int) -> bytes | NeedInput:
+    def read_plaintext(self, max_bytes: int) -> bytes | NeedInput:
         """Decrypt and return up to ``max_bytes`` of plaintext (one record).
 
         Returns ``b""`` at EOF: the peer's close_notify arrived (or, with
@@ -315,64 +358,47 @@ class TLSEngine:
         Raises:
             TLSTruncatedError: the transport ended without close_notify.
             TLSError: an alert, garbage, or a failed renegotiation.
+            ValueError: the handshake has not completed.
         """
-        if self.state is not EngineState.OPEN:
-            self._check_open()
-        if self.received_close_notify:
-            return b""
-        if self._starved():
-            return NEED_INPUT
-        try:
-            return self._conn.recv(min(max_bytes, _READ_CHUNK))
-        except SSL.WantReadError:
-            return self._need_input()
-        except SSL.ZeroReturnError:
-            self.received_close_notify = True
-            return b""
-        except SSL.Error as exc:
-            raise self._fail(self._translate(exc, "session")) from exc
+        return self._read(self._conn.recv, min(max_bytes, _READ_CHUNK), None, b"")
 
-    def recv_into(self, buffer: bytearray | memoryview) -> int | NeedInput:
-        """As :meth:`recv`, into ``buffer``; returns the count (0 at EOF)."""
+    def read_plaintext_into(self, buffer: bytearray | memoryview) -> int | NeedInput:
+        """As :meth:`read_plaintext`, into ``buffer``; returns the count (0 at EOF)."""
+        return self._read(self._conn.recv_into, cast(bytearray, buffer), min(len(buffer), _READ_CHUNK), 0)
+
+    def _read(
+        self, recv: Callable[[_X, int | None], _R], first: _X, second: int | None, eof: _R
+    ) -> _R | NeedInput:
+        """A read with OpenSSL's ``recv`` or ``recv_into``: ``recv(first, second)``."""
         if self.state is not EngineState.OPEN:
             self._check_open()
-        if self.received_close_notify:
-            return 0
-        if self._starved():
-            return NEED_INPUT
-        try:
-            return self._conn.recv_into(cast(bytearray, buffer), min(len(buffer), _READ_CHUNK))
-        except SSL.WantReadError:
-            if self._need_input() is NEED_INPUT:
+        peer = self._peer
+        if peer is PeerEnding.OPEN:
+            # Starved (see the note above _READ_CHUNK): nothing decrypted and
+            # not taken, nothing fed and not processed.
+            conn = self._conn
+            if not _lib.SSL_pending(conn._ssl) and not _lib.BIO_get_mem_data(conn._into_ssl, _ffi.NULL):
                 return NEED_INPUT
-            return 0
+        elif peer is not PeerEnding.TRANSPORT_EOF:
+            return eof
+        try:
+            return recv(first, second)
+        except SSL.WantReadError:
+            return NEED_INPUT if self._input_may_come() else eof
         except SSL.ZeroReturnError:
-            self.received_close_notify = True
-            return 0
-        except SSL.Error as exc:
-            raise self._fail(self._translate(exc, "session")) from exc
+            self._peer = PeerEnding.CLOSE_NOTIFY_RECEIVED
+            return eof
+        except BaseException as exc:
+            self._raise_failure(exc, "session")
 
-    def _starved(self) -> bool:
-        """Whether a read can only want input: no plaintext decrypted and not
-        taken, no ciphertext fed and not processed, no EOF to report.
-
-        Checked first because asking OpenSSL anyway costs a ``WantReadError``
-        (about 1.2 us in pyOpenSSL), on every read that finds nothing there,
-        which is every read of a request/response exchange.
-        """
-        conn = self._conn
-        return (
-            not self.transport_eof
-            and not _lib.SSL_pending(conn._ssl)
-            and not _lib.BIO_get_mem_data(conn._into_ssl, _ffi.NULL)
-        )
-
-    def _need_input(self) -> bytes | NeedInput:
-        if not self.transport_eof:
-            return NEED_INPUT
+    def _input_may_come(self) -> bool:
+        """After a read wanted input: True if it may come; False for a
+        truncation that is allowed (EOF); raises for one that is not."""
+        if self._peer is PeerEnding.OPEN:
+            return True
+        self._peer = PeerEnding.TRUNCATED
         if self.allow_truncation:
-            self.received_close_notify = True
-            return b""
+            return False
         raise self._fail(
             TLSTruncatedError(
                 "the TLS stream was truncated: the transport reached EOF without the "
@@ -380,7 +406,7 @@ class TLSEngine:
             )
         )
 
-    def send(self, data: bytes | bytearray | memoryview) -> int | NeedInput:
+    def write_plaintext(self, data: bytes | bytearray | memoryview) -> int | NeedInput:
         """Encrypt ``data`` (at most :data:`WRITE_CHUNK` bytes, please).
 
         Returns how many bytes were taken (all of them, with memory BIOs), or
@@ -389,40 +415,48 @@ class TLSEngine:
 
         Raises:
             TLSError: the session failed.
+            ValueError: the handshake has not completed, or our close_notify
+                was written already.
         """
         if self.state is not EngineState.OPEN:
             self._check_open()
-        if self.sent_close_notify:
+        if self._ours is not OurEnding.OPEN:
             raise ValueError("cannot send after close_notify")
         try:
             sent: int = self._conn.send(data)
         except SSL.WantReadError:
-            if self.transport_eof:
+            if self._peer is not PeerEnding.OPEN:
                 raise self._fail(
                     TLSError("TLS renegotiation failed: the peer closed the connection")
                 ) from None
             return NEED_INPUT
-        except SSL.Error as exc:
-            raise self._fail(self._translate(exc, "session")) from exc
+        except BaseException as exc:
+            self._raise_failure(exc, "session")
         return sent
 
-    def send_close_notify(self) -> None:
-        """Write our close_notify to the outgoing BIO (once; idempotent)."""
-        if self.sent_close_notify or self.state is EngineState.ERROR:
+    def write_close_notify(self) -> None:
+        """End our side: write our close_notify to the outgoing BIO.
+
+        Once; later calls, and calls in ``ERROR``, do nothing. During the
+        handshake nothing was agreed, so nothing is written (``ABANDONED``).
+        """
+        if self._ours is not OurEnding.OPEN or self.state is EngineState.ERROR:
             return
-        self.sent_close_notify = True
         if self.state is EngineState.HANDSHAKING:
-            return  # nothing was agreed, so there is nothing to close
+            self._ours = OurEnding.ABANDONED
+            return
+        self._ours = OurEnding.CLOSE_NOTIFY_SENT
         try:
             self._conn.shutdown()
-        except SSL.Error as exc:
-            raise self._fail(self._translate(exc, "shutdown")) from exc
+        except BaseException as exc:
+            self._raise_failure(exc, "shutdown")
 
     def renegotiate(self) -> None:
         """Start a renegotiation (TLS 1.2 only); it completes as data flows.
 
         Raises:
             ValueError: the session is not TLS 1.2, or is not open.
+            TLSError: the session failed.
         """
         self._check_open()
         version = self._conn.get_protocol_version_name()
@@ -436,8 +470,8 @@ class TLSEngine:
             self._conn.do_handshake()
         except SSL.WantReadError:
             pass
-        except SSL.Error as exc:
-            raise self._fail(self._translate(exc, "renegotiation")) from exc
+        except BaseException as exc:
+            self._raise_failure(exc, "renegotiation")
 
     def unread_ciphertext(self) -> bytes:
         """Take the bytes fed to the engine that OpenSSL has not consumed.
@@ -448,14 +482,51 @@ class TLSEngine:
         into = self._conn._into_ssl
         parts = []
         buf = _ffi.new("char[]", _DRAIN_SIZE)
-        while True:
-            count = _lib.BIO_read(into, buf, _DRAIN_SIZE)
-            if count <= 0:
-                break
+        while (count := _lib.BIO_read(into, buf, _DRAIN_SIZE)) > 0:
             parts.append(_ffi.buffer(buf, count)[:])
         return b"".join(parts)
 
     # -- information -------------------------------------------------------------------
+
+    @property
+    def our_ending(self) -> OurEnding:
+        """How far our side has ended (see the module's theory of operation)."""
+        return self._ours
+
+    @property
+    def peer_ending(self) -> PeerEnding:
+        """How far the peer's side has ended."""
+        return self._peer
+
+    # -- the names of greenflow 0.1, kept for code written against them -------------
+
+    #: Old name of :meth:`receive_ciphertext`.
+    receive_data = receive_ciphertext
+    #: Old name of :meth:`ciphertext_to_send`.
+    data_to_send = ciphertext_to_send
+    #: Old name of :meth:`read_plaintext`.
+    recv = read_plaintext
+    #: Old name of :meth:`read_plaintext_into`.
+    recv_into = read_plaintext_into
+    #: Old name of :meth:`write_plaintext`.
+    send = write_plaintext
+    #: Old name of :meth:`write_close_notify`.
+    send_close_notify = write_close_notify
+
+    @property
+    def sent_close_notify(self) -> bool:
+        """Whether our side has ended (old form of :attr:`our_ending`)."""
+        return self._ours is not OurEnding.OPEN
+
+    @property
+    def received_close_notify(self) -> bool:
+        """Whether the peer's close_notify arrived (old form of :attr:`peer_ending`)."""
+        return self._peer is PeerEnding.CLOSE_NOTIFY_RECEIVED
+
+    @property
+    def transport_eof(self) -> bool:
+        """Whether the transport ended without close_notify (old form of :attr:`peer_ending`)."""
+        return self._peer is PeerEnding.TRANSPORT_EOF or self._peer is PeerEnding.TRUNCATED
 
     @property
     def connection(self) -> SSL.Connection:
@@ -487,7 +558,7 @@ class TLSEngine:
             renegotiations=conn.total_renegotiations(),
         )
 
-    # -- errors: translated in one place ------------------------------------------------
+    # -- errors: every failure goes through _raise_failure ------------------------------
 
     def _check_open(self) -> None:
         self._check_error()
@@ -503,106 +574,35 @@ class TLSEngine:
             raise again from error
 
     def _fail(self, error: TLSError) -> TLSError:
+        """Move to ``ERROR``; the first error is the one kept."""
         self.state = EngineState.ERROR
-        self._error = error
+        if self._error is None:
+            self._error = error
         return error
 
-    def _translate(self, exc: SSL.Error, phase: str) -> TLSError:
-        """Turn an OpenSSL error into a TLSError whose message names the cause."""
-        reasons = _reasons(exc)
-        if "certificate verify failed" in reasons:
-            return self._certificate_error(phase)
-        alerts = [reason.split("alert ", 1)[1] for reason in reasons if "alert " in reason]
-        if alerts:
-            cause = f"the peer sent the alert {alerts[0]!r}"
-        elif "no renegotiation" in reasons:
-            cause = (
-                "the peer refused to renegotiate (servers refuse client-initiated renegotiation by default)"
+    def _raise_failure(self, exc: BaseException, phase: str) -> NoReturn:
+        """Move to ``ERROR`` because ``exc`` escaped an OpenSSL call, and raise.
+
+        An OpenSSL error is translated; a :class:`TLSError` (raised by one of
+        our context's callbacks) is raised as it is; any other ``Exception``
+        (a user callback's, ``MemoryError``) becomes a :class:`TLSError`
+        chained to it; a ``BaseException`` (a kill, a timeout inside a
+        callback that waited) is re-raised after recording why the session
+        cannot go on.
+        """
+        if isinstance(exc, SSL.Error):
+            error = translate(
+                exc,
+                phase,
+                self._conn,
+                handshaking=self.state is EngineState.HANDSHAKING,
+                server_side=self.server_side,
+                expected_name=self._server_hostname,
             )
-        elif reasons:
-            cause = "; ".join(dict.fromkeys(reasons))
-            garbage = ("wrong version number", "record layer", "packet length", "http")
-            if self.state is EngineState.HANDSHAKING and any(key in cause for key in garbage):
-                cause += " (the peer does not seem to speak TLS)"
-        elif isinstance(exc, SSL.SysCallError):
-            cause = "the transport ended unexpectedly"
-        else:
-            cause = type(exc).__name__
-        return TLSError(f"TLS {phase} failed: {cause}")
-
-    def _certificate_error(self, phase: str) -> TLSCertificateError:
-        conn = self._conn
-        code = int(_lib.SSL_get_verify_result(conn._ssl))
-        reason = _ffi.string(_lib.X509_verify_cert_error_string(code)).decode("ascii", "replace")
-        chain = [cert.to_cryptography() for cert in conn.get_peer_cert_chain() or []]
-        whose = "client" if self.server_side else "server"
-        if code in (_X509_V_ERR_HOSTNAME_MISMATCH, _X509_V_ERR_IP_ADDRESS_MISMATCH):
-            held = _certificate_names(chain[0]) if chain else "no names we could read"
-            message = (
-                f"TLS {phase} failed: the {whose}'s certificate does not match the expected "
-                f"name {self._server_hostname!r}; the certificate is for {held}"
-            )
-        else:
-            subject = chain[0].subject.rfc4514_string() if chain else "an unknown subject"
-            message = f"TLS {phase} failed: the {whose}'s certificate ({subject}) did not verify: {reason}"
-        error = TLSCertificateError(message)
-        error.verify_code = code
-        return error
-
-
-# -- helpers -----------------------------------------------------------------------------
-
-
-def _reasons(exc: SSL.Error) -> list[str]:
-    """The reason strings of a pyOpenSSL error (its args hold OpenSSL's queue)."""
-    reasons: list[str] = []
-    for arg in exc.args:
-        if isinstance(arg, list):
-            reasons.extend(str(item[2]) for item in arg if isinstance(item, tuple) and len(item) == 3)
-    return [reason for reason in reasons if reason]
-
-
-def _parse_ip(name: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
-    try:
-        return ipaddress.ip_address(name.strip("[]"))
-    except ValueError:
-        return None
-
-
-def _ascii_name(name: str) -> bytes:
-    try:
-        return name.encode("ascii")
-    except UnicodeEncodeError:
-        return name.encode("idna")
-
-
-def _set_expected_host(
-    conn: SSL.Connection, name: str, address: ipaddress.IPv4Address | ipaddress.IPv6Address | None
-) -> None:
-    """Make OpenSSL check the peer's name inside the handshake."""
-    param = _lib.SSL_get0_param(conn._ssl)
-    if address is not None:
-        packed = address.packed
-        ok = _lib.X509_VERIFY_PARAM_set1_ip(param, packed, len(packed))
-    else:
-        _lib.X509_VERIFY_PARAM_set_hostflags(param, _lib.X509_CHECK_FLAG_NO_PARTIAL_WILDCARDS)
-        encoded = _ascii_name(name)
-        ok = _lib.X509_VERIFY_PARAM_set1_host(param, encoded, len(encoded))
-    if ok != 1:
-        raise ValueError(f"{name!r} is not a host name OpenSSL can check a certificate against")
-
-
-def _certificate_names(cert: x509.Certificate) -> str:
-    """The names a certificate holds, for an error message."""
-    names: list[str] = []
-    try:
-        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-    except x509.ExtensionNotFound:
-        san = None
-    if san is not None:
-        names += [f"DNS:{value}" for value in san.get_values_for_type(x509.DNSName)]
-        names += [f"IP:{value}" for value in san.get_values_for_type(x509.IPAddress)]
-    if not names:
-        common = cert.subject.get_attributes_for_oid(x509.NameOID.COMMON_NAME)
-        names += [f"CN:{attribute.value!r}" for attribute in common]
-    return ", ".join(names) if names else "no names at all"
+            raise self._fail(error) from exc
+        if isinstance(exc, TLSError):
+            raise self._fail(exc) from None
+        if isinstance(exc, Exception):
+            raise self._fail(TLSError(f"TLS {phase} failed: {type(exc).__name__}: {exc}")) from exc
+        self._fail(TLSError(f"TLS {phase} failed: interrupted by {type(exc).__name__} inside OpenSSL"))
+        raise exc

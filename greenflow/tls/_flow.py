@@ -1,79 +1,34 @@
-"""TLSFlow: the blocking pump that turns the sans-IO engine into a flow.
+"""TLSFlow: a TLS session over another flow, with the flow contract.
 
-The engine (``_engine.py``) never waits; this module is the only place that
-does, by reading and writing the underlying flow. Its rules:
+The calls of the contract, built on the pump (``_pump.py``), whose one retry
+loop every TLS operation goes through, and on the kit's direction state:
 
-1. **Send before you receive.** Any engine operation may leave ciphertext for
-   the peer (a handshake reply, a renegotiation message, an alert). Before a
-   greenlet waits for ciphertext from the peer, what the engine produced is
-   on its way, or the two ends could each wait for the other.
+- each direction is a :class:`~greenflow.kit.Direction` (busy guard,
+  per-call timer, sticky error, shut down, closed). TLS failures stay in the
+  engine, which raises them again, sticky, on every later call; other
+  failures of the underlying flow break the direction they happened in.
+  The reading direction's EOF is the engine's: after the peer's close_notify
+  it answers ``b""`` for good.
+- the flow as a whole is in one :class:`~greenflow.tls._pump.TLSState`:
+  handshaking, open, ended (both directions shut down, the underlying flow
+  closed), unwrapped (handed back by :meth:`TLSFlow.unwrap`), closed.
 
-2. **One sender, in order; readers never wait to send.** Both the reader
-   and the writer produce ciphertext, so it goes through one queue,
-   ``_outbox``, in the order the engine produced it, and one greenlet at a
-   time (the holder of ``_send_lock``) writes the queue to the underlying
-   flow, until it is empty. A writer takes the lock and waits, because
-   ``write`` returns only once its bytes were accepted below (backpressure).
-   A reader must not wait to send: its peer may be writing and not reading
-   (on a lockstep pair nothing moves until the peer reads), and that peer's
-   writer is what our reader is about to read. So what a reader or a
-   finished handshake leaves (TLS 1.3 session tickets, renegotiation and key
-   update replies: rare and small) is sent by a short-lived sender greenlet,
-   unless someone already holds the lock and will send it anyway. The
-   handshake's own flights are sent before it waits, in line.
-
-3. **One receiver; the others retry.** Both the reader and (during a TLS 1.2
-   renegotiation) the writer may need ciphertext from the peer, but only one
-   greenlet may read the underlying flow (``_receiving``). It reads one block
-   and feeds it to the engine; a greenlet that needed input meanwhile waits
-   for that feed (``_fed``) and then retries its operation instead of
-   reading, since what it needed may have arrived.
-
-4. **Big blocks.** Ciphertext is read from the underlying flow 64 KiB at a
-   time, and 256 KiB at a time into one reused buffer while a transfer
-   streams in (dropped as soon as a read comes back short, so an idle flow
-   holds no buffer); it is written in blocks of up to four records. Bulk
-   data costs one underlying call per 64 to 256 KiB each way.
-
-Interruptions: a greenlet only ever waits in the underlying flow's calls or
-on the two locks, and engine calls never yield, so a timeout or a kill lands
-where nothing is half-done on the receiving side: a read loses nothing. A
-write interrupted while its ciphertext was going out breaks the writing
-direction, as the contract says. ``shutdown("read")`` wakes a reader parked
-in a receive by throwing a private exception into it from the hub, and only
-while it is still parked there. ``close()`` closes the underlying flow, which
-wakes whoever is blocked in it; anyone waiting on our locks follows as the
-holder leaves.
+A read first asks the engine, which often has a whole record decrypted
+already; only when it needs input does the read take its direction and
+enter the loop. A write always takes its direction: its ciphertext must be
+accepted below before it returns.
 """
 
 from __future__ import annotations
 
-from collections import deque
-from collections.abc import Callable, Iterable, Iterator
-from contextlib import contextmanager
-from typing import Final, NoReturn, TypeVar
+from collections.abc import Callable, Iterable
+from typing import Final, TypeVar
 
-import gevent
-from gevent.event import Event
-from gevent.greenlet import Greenlet
-from gevent.lock import Semaphore
-from greenlet import getcurrent, greenlet
 from OpenSSL import SSL
 
-from ..errors import BrokenError, BusyError, ClosedError, FlowError, FlowTimeout
-from ..flow import Buffer, Flow, Shutdown, log
-from ..kit import (
-    FlowAttributes,
-    begin_shutdown,
-    check_bytes_like,
-    check_max_bytes,
-    check_timeout,
-    check_writable_buffer,
-    closed_error,
-    refuse_read,
-    refuse_write,
-    start_timer,
-)
+from ..errors import BrokenError, BusyError
+from ..flow import Buffer, Flow, Shutdown, check_max_bytes, log
+from ..kit import DirectionState, check_bytes_like, check_writable_buffer, closed_error, start_timer
 from ._engine import (
     _RECORD_OVERHEAD,
     NEED_INPUT,
@@ -81,66 +36,38 @@ from ._engine import (
     WRITE_CHUNK,
     EngineState,
     NeedInput,
+    OurEnding,
+    PeerEnding,
     TLSEngine,
     TLSEpoch,
 )
 from ._errors import TLSError
+from ._pump import (
+    CLOSE_NOTIFY_TIMEOUT,
+    RECEIVE_SIZE,
+    STREAM_BUFFER_SIZE,
+    Sending,
+    TLSPump,
+    TLSState,
+)
 
 __all__ = ["CLOSE_NOTIFY_TIMEOUT", "RECEIVE_SIZE", "STREAM_BUFFER_SIZE", "TLSFlow"]
 
+_A = TypeVar("_A")
 _T = TypeVar("_T")
 
-#: Ciphertext asked of the underlying flow per read: about four records,
-#: the block size the performance notes found cheapest, and no bigger, so
-#: that each read allocates below glibc's trimming thresholds.
-RECEIVE_SIZE: Final = 65536
-#: The buffer ciphertext is received into while a transfer streams in, kept
-#: only while each receive fills it. Big blocks cost one underlying read and
-#: one ``bio_write`` per 256 KiB; reusing it spares an allocation of a fresh
-#: ``bytes`` per block, which measured 0.94 against 1.51 of gevent's stdlib
-#: ``ssl`` in bulk. An idle flow holds none.
-STREAM_BUFFER_SIZE: Final = 262144
-#: The most ``close()`` spends handing our close_notify to the underlying
-#: flow. On a socket the write is immediate; the bound only matters when the
-#: peer stopped reading and its buffers are full, and then close must not hang.
-CLOSE_NOTIFY_TIMEOUT: Final = 0.1
-#: What the reader drains the engine's output with before it waits: enough
-#: for a handshake flight or an alert in one call.
-_PROBE_SIZE: Final = RECORD_SIZE + 4 * _RECORD_OVERHEAD
+_OPEN: Final = DirectionState.OPEN
+_SHUT: Final = DirectionState.SHUT
+_WAIT: Final = Sending.WAIT
+_NEVER: Final = Sending.NEVER
+#: The peer's endings after which ``unwrap`` can hand the flow back (a
+#: truncation counts only where it is allowed, else the read raised).
+_PEER_ENDED: Final = (PeerEnding.CLOSE_NOTIFY_RECEIVED, PeerEnding.TRUNCATED)
+#: The ciphertext a chunk of plaintext becomes, at most (records' overhead).
+_CHUNK_SLACK: Final = 4 * _RECORD_OVERHEAD
 
 
-class _GiveUpError(BaseException):
-    """Ends a bounded best-effort step; a BaseException, so no flow wraps it."""
-
-
-@contextmanager
-def _bounded(seconds: float) -> Iterator[None]:
-    """Run the block for at most ``seconds``, then give up on it quietly."""
-    expired = _GiveUpError()
-    timer = gevent.Timeout(seconds, expired)
-    timer.start()
-    try:
-        yield
-    except _GiveUpError as exc:
-        if exc is not expired:
-            raise
-    finally:
-        timer.close()
-
-
-class _ReadShutdownWakeupError(Exception):
-    """Thrown into a reader parked in a receive when reading is shut down.
-
-    It names its flow: in TLS over TLS the outer flow's reader is parked in
-    the inner flow's receive, and only the flow that shut down may take it.
-    """
-
-    def __init__(self, flow: TLSFlow) -> None:
-        super().__init__("reading was shut down")
-        self.flow = flow
-
-
-class TLSFlow(FlowAttributes, Flow):
+class TLSFlow(TLSPump):
     """A TLS session over another flow (``underlying``).
 
     Made by :func:`greenflow.tls.client`, :func:`greenflow.tls.server` and
@@ -168,53 +95,14 @@ class TLSFlow(FlowAttributes, Flow):
     when this side next waits to read or writes.
     """
 
-    __slots__ = (
-        "_closed",
-        "_engine",
-        "_fed",
-        "_hub",
-        "_outbox",
-        "_read_error",
-        "_read_shut",
-        "_reader_parked",
-        "_reading",
-        "_receiving",
-        "_send_lock",
-        "_sender",
-        "_stream_buffer",
-        "_timeout",
-        "_under",
-        "_under_closed",
-        "_write_error",
-        "_write_shut",
-        "_writing",
-    )
+    __slots__ = ()
 
     def __init__(self, underlying: Flow, engine: TLSEngine, *, timeout: float | None = None) -> None:
         """Wrap ``underlying`` with ``engine``; use :func:`client` or :func:`server`."""
-        self._under = underlying
-        self._engine = engine
-        self._timeout = check_timeout(timeout)
-        self._hub = gevent.get_hub()
-        self._outbox: deque[bytes] = deque()
-        self._send_lock = Semaphore()
-        self._sender: Greenlet[[], None] | None = None
-        self._receiving = False  # a greenlet is reading the underlying flow
-        self._fed: Event | None = None  # made when someone waits for that read
-        self._stream_buffer: bytearray | None = None
-        self._closed = False
-        self._under_closed = False
-        self._reading = False
-        self._writing = False
-        self._read_shut = False
-        self._write_shut = False
-        self._read_error: FlowError | None = None
-        self._write_error: FlowError | None = None
-        self._reader_parked: greenlet | None = None
+        super().__init__(underlying, engine, timeout=timeout)
 
     def __repr__(self) -> str:
-        state = "closed" if self._closed else self._engine.state.value
-        return f"<TLSFlow {state} over {self._under!r}>"
+        return f"<TLSFlow {self._state.value} over {self._under!r}>"
 
     @property
     def underlying(self) -> Flow:  # type: ignore[override]
@@ -228,190 +116,126 @@ class TLSFlow(FlowAttributes, Flow):
         engine = self._engine
         timer = None
         if timeout is not None:
-            message = f"the TLS handshake did not complete within {timeout:g} seconds"
-            timer = gevent.Timeout.start_new(timeout, FlowTimeout(message))
+            timer = start_timer(timeout, "the TLS handshake", setting="the handshake timeout")
         try:
-            while True:
-                answer = engine.do_handshake()
-                self._queue_output(_PROBE_SIZE)
-                if answer is None:
-                    # What follows the last flight (TLS 1.3 tickets) needs
-                    # no answer, so it must not hold up the handshake.
-                    self._send_soon()
-                    return
-                self._send_outbox(wait=True)
-                self._receive()
+            self._retry(
+                _do_handshake, engine, engine.do_handshake(), Sending.HANDSHAKE, None, what="handshake"
+            )
         except TLSError:
-            self._send_alert()
+            self.send_alert()
             raise
         finally:
             if timer is not None:
                 timer.close()
+        self._state = TLSState.OPEN
 
     # -- reading -----------------------------------------------------------------------
 
     def read(self, max_bytes: int | None = None) -> bytes:
         size = check_max_bytes(max_bytes)
-        if (self._reading or self._closed or self._read_shut or self._read_error) and self._enter_read(
-            "read"
-        ):
+        reader = self._reader
+        if (reader.busy or reader.state is not _OPEN) and reader.refuse("read"):
             return b""
-        engine = self._engine
         # The common case first: a whole record may already be decrypted.
+        engine = self._engine
         try:
-            data = engine.recv(size)
+            data = engine.read_plaintext(size)
         except TLSError:
-            self._send_alert()
+            self.send_alert()
             raise
-        if data is not NEED_INPUT:
-            return data
-        return self._read_loop(lambda: engine.recv(size), b"", "read")
+        if data is NEED_INPUT:
+            return self._read_waiting(engine.read_plaintext, size, b"", "read")
+        return data
 
     def read_into(self, buffer: bytearray | memoryview) -> int:
         # Checked before the engine hands over any plaintext, which could not
         # be put back if the copy into the buffer failed.
-        buffer = check_writable_buffer(buffer)
-        if (self._reading or self._closed or self._read_shut or self._read_error) and self._enter_read(
-            "read_into"
-        ):
+        view = check_writable_buffer(buffer)
+        reader = self._reader
+        if (reader.busy or reader.state is not _OPEN) and reader.refuse("read_into"):
             return 0
         engine = self._engine
         try:
-            count = engine.recv_into(buffer)
+            count = engine.read_plaintext_into(view)
         except TLSError:
-            self._send_alert()
+            self.send_alert()
             raise
-        if count is not NEED_INPUT:
-            return count
-        return self._read_loop(lambda: engine.recv_into(buffer), 0, "read_into")
+        if count is NEED_INPUT:
+            return self._read_waiting(engine.read_plaintext_into, view, 0, "read_into")
+        return count
 
-    def _read_loop(self, operation: Callable[[], _T | NeedInput], eof: _T, what: str) -> _T:
-        """Receive ciphertext and retry ``operation`` until it answers."""
-        self._reading = True
-        timer = None
+    def _read_waiting(
+        self, operation: Callable[[_A], _T | NeedInput], argument: _A, eof: _T, what: str
+    ) -> _T:
+        """A read that must wait for ciphertext: through the loop, as a reader."""
+        reader = self._reader
+        reader.busy = True  # read() found it idle and open, and nothing yielded since
         try:
-            while True:
-                if timer is None and self._timeout is not None:
-                    timer = start_timer(self._timeout, what)
-                # Send before receiving (rule 1), without waiting (rule 2).
-                if self._queue_output(_PROBE_SIZE) or self._outbox:
-                    self._send_soon()
-                self._reader_parked = getcurrent()
-                try:
-                    self._receive()
-                except _ReadShutdownWakeupError as wakeup:
-                    if wakeup.flow is not self:
-                        raise  # an outer TLS flow's: not ours to take
-                    return eof
-                finally:
-                    self._reader_parked = None
-                if self._read_shut:
-                    return eof
-                result = operation()
-                if result is not NEED_INPUT:
-                    return result
-        except TLSError:
-            self._send_alert()
-            raise
-        except ClosedError:
-            if self._closed:
-                raise closed_error(what) from None
-            raise
-        except BrokenError as exc:
-            if self._closed:
-                raise closed_error(what) from None
-            self._read_error = exc
-            raise
+            result = self._retry(operation, argument, NEED_INPUT, _NEVER, reader, what=what)
+        except BaseException as exc:
+            if isinstance(exc, BrokenError) and not isinstance(exc, TLSError) and reader.state is _OPEN:
+                reader.fail(exc)  # sticky; TLS errors are the engine's, sticky there
+            error = reader.interrupted(exc, what)
+            if error is exc:
+                raise
+            raise error from None
         finally:
-            self._reading = False
-            if timer is not None:
-                timer.close()
-
-    def _enter_read(self, what: str) -> bool:
-        """The slow checks before a read; True means "return EOF now"."""
-        return refuse_read(
-            what, closed=self._closed, reading=self._reading, at_eof=self._read_shut, error=self._read_error
-        )
-
-    def _receive(self) -> None:
-        """Read one block of ciphertext and feed it to the engine (rule 3).
-
-        If another greenlet is receiving, wait until it has fed the engine
-        (or failed) and return, so that the caller retries its operation with
-        what arrived. Queueing on the lock instead would not do: its holder,
-        a reader, takes it again without yielding when its own operation
-        still needs input, and a writer waiting in a TLS 1.2 renegotiation
-        would never get to retry the send that could now go through.
-        """
-        if self._receiving:
-            fed = self._fed
-            if fed is None:
-                fed = self._fed = Event()
-            fed.wait()
-            return
-        self._receiving = True
-        try:
-            buffer = self._stream_buffer
-            if buffer is None:
-                data: bytes | memoryview = self._under.read(RECEIVE_SIZE)
-                count = len(data)
-                if count == RECEIVE_SIZE:
-                    # A full block: a transfer is streaming in. Receive
-                    # the next blocks into one reused buffer (rule 4).
-                    self._stream_buffer = bytearray(STREAM_BUFFER_SIZE)
-            else:
-                count = self._under.read_into(buffer)
-                data = memoryview(buffer)[:count]
-                if count < len(buffer):
-                    # The burst is over: a flow that goes idle must not
-                    # keep the buffer while it waits (idle memory matters).
-                    self._stream_buffer = None
-            if count:
-                self._engine.receive_data(data)
-            else:
-                self._engine.receive_eof()
-        finally:
-            self._receiving = False
-            fed = self._fed
-            if fed is not None:  # wake whoever waited for this receive, fed or failed
-                self._fed = None
-                fed.set()
+            reader.leave()
+        return eof if result is NEED_INPUT else result
 
     # -- writing -------------------------------------------------------------------------
 
     def write(self, data: Buffer) -> None:
-        if self._writing or self._closed or self._write_shut or self._write_error:
-            self._enter_write("write")
-        view = data if type(data) is bytes else check_bytes_like(data)
-        self._run_write(self._encrypt_all, view, "write")
+        writer = self._writer
+        writer.enter("write")  # a writing direction refuses or is taken
+        try:
+            view = data if type(data) is bytes else check_bytes_like(data)  # TypeError: nothing sent
+            try:
+                if len(view) <= WRITE_CHUNK:
+                    if view:
+                        self._encrypt(view, "write")
+                else:
+                    self._encrypt_all(view, "write")
+            except BaseException as exc:
+                error = self._write_failed(exc, "write")
+                if error is exc:
+                    raise
+                raise error from exc
+        finally:
+            writer.leave()
 
     def writev(self, buffers: Iterable[Buffer]) -> None:
-        if self._writing or self._closed or self._write_shut or self._write_error:
-            self._enter_write("writev")
-        views = [check_bytes_like(buffer) for buffer in buffers]
+        writer = self._writer
+        writer.enter("writev")
+        try:
+            views = [check_bytes_like(buffer) for buffer in buffers]  # TypeError: nothing sent
+        except BaseException:
+            writer.leave()
+            raise
         self._run_write(self._encrypt_views, views, "writev")
 
-    def _run_write(self, body: Callable[[_T], None], argument: _T, what: str) -> None:
-        self._writing = True
-        timer = start_timer(self._timeout, what) if self._timeout is not None else None
+    def _run_write(self, body: Callable[[_T, str], None], argument: _T, what: str) -> None:
+        """Run a write's body on the writing direction, which the caller entered."""
         try:
-            body(argument)
+            body(argument, what)
         except BaseException as exc:
-            error = self._write_interrupted(exc, what)
+            error = self._write_failed(exc, what)
             if error is exc:
                 raise
             raise error from exc
         finally:
-            self._writing = False
-            if timer is not None:
-                timer.close()
+            self._writer.leave()
 
-    def _enter_write(self, what: str) -> NoReturn:
-        refuse_write(
-            what, closed=self._closed, writing=self._writing, shut=self._write_shut, error=self._write_error
-        )
+    def _write_failed(self, exc: BaseException, what: str) -> BaseException:
+        """What a write that did not finish raises; it breaks the direction."""
+        writer = self._writer
+        if isinstance(exc, BrokenError):
+            if isinstance(exc, TLSError):
+                self.send_alert()  # the engine's own call failed before the loop could send it
+            writer.fail(exc)  # sticky: later writes say this one failed
+        return writer.interrupted(exc, what)
 
-    def _encrypt_views(self, views: list[memoryview]) -> None:
+    def _encrypt_views(self, views: list[memoryview], what: str) -> None:
         # Record-sized pieces straight from the caller's buffers: small
         # neighbours are joined into one record (a copy of under 16 KiB beats
         # a tiny record each), large buffers are fed in slices; nothing is
@@ -427,235 +251,87 @@ class TLSFlow(FlowAttributes, Flow):
                 small_size += size
                 continue
             if small:
-                self._encrypt(b"".join(small))
+                self._encrypt(b"".join(small), what)
             if size < RECORD_SIZE:
                 small, small_size = [view], size
             else:
                 small, small_size = [], 0
-                self._encrypt_all(view)
+                self._encrypt_all(view, what)
         if small:
-            self._encrypt(b"".join(small) if len(small) > 1 else small[0])
+            self._encrypt(b"".join(small) if len(small) > 1 else small[0], what)
 
-    def _encrypt_all(self, data: bytes | memoryview) -> None:
+    def _encrypt_all(self, data: bytes | memoryview, what: str) -> None:
         if len(data) <= WRITE_CHUNK:
             if data:
-                self._encrypt(data)
+                self._encrypt(data, what)
             return
         view = memoryview(data)
         for start in range(0, len(view), WRITE_CHUNK):
-            self._encrypt(view[start : start + WRITE_CHUNK])
+            self._encrypt(view[start : start + WRITE_CHUNK], what)
 
-    def _encrypt(self, chunk: bytes | memoryview) -> None:
-        """Encrypt one chunk and hand its ciphertext to the underlying flow."""
-        engine = self._engine
-        while True:
-            sent = engine.send(chunk)
-            if sent is NEED_INPUT:
-                # A renegotiation needs the peer's answer before more data.
-                self._queue_output(_PROBE_SIZE)
-                self._send_outbox(wait=True)
-                self._check_sent()
-                self._receive()
-                continue
-            if sent == len(chunk):
-                break
-            chunk = chunk[sent:]
-        self._queue_output(len(chunk) + 4 * _RECORD_OVERHEAD)
-        self._send_outbox(wait=True)
-        self._check_sent()
+    def _encrypt(self, chunk: bytes | memoryview, what: str) -> None:
+        """Encrypt one chunk and hand its ciphertext to the underlying flow.
 
-    def _check_sent(self) -> None:
-        """Raise if what a writer queued may not have gone out.
-
-        The holder of the send lock sends everything queued, a writer's
-        ciphertext included; if it failed, the writer that finds the queue
-        empty must not report success.
+        The engine takes a chunk whole (no partial writes on memory BIOs),
+        or answers ``NEED_INPUT`` in a renegotiation, and the loop retries.
         """
-        if self._closed:
-            raise closed_error("write")
-        if self._write_error is not None:
-            raise BrokenError(f"the write failed: {self._write_error}") from self._write_error
-
-    def _write_interrupted(self, exc: BaseException, what: str) -> BaseException:
-        """Mark the writing direction broken after a write that did not finish."""
-        if self._closed:
-            return exc if isinstance(exc, ClosedError) else closed_error(what)
-        if isinstance(exc, TLSError):
-            self._send_alert()
-            self._write_error = exc
-            return exc
-        if isinstance(exc, BrokenError):
-            self._write_error = exc
-            return exc
-        if self._write_error is None:
-            kind = "timed out" if isinstance(exc, FlowTimeout) else f"was interrupted ({type(exc).__name__})"
-            self._write_error = BrokenError(f"a TLS {what} {kind} and may have sent part of its data")
-        return exc
-
-    # -- moving ciphertext out (rule 2) ----------------------------------------------------
-
-    def _queue_output(self, size_hint: int) -> bool:
-        data = self._engine.data_to_send(size_hint)
-        if data:
-            self._outbox.append(data)
-            return True
-        return False
-
-    def _send_outbox(self, *, wait: bool) -> None:
-        """Write the queued ciphertext to the underlying flow, in order.
-
-        With ``wait`` false, return at once if another greenlet is sending: it
-        sends what we queued as well.
-        """
-        lock = self._send_lock
-        if not wait and lock.locked():
-            return
-        with lock:
-            outbox = self._outbox
-            while outbox:
-                self._under.write(outbox.popleft())
-
-    def _send_soon(self) -> None:
-        """Have the queued ciphertext sent without waiting for it here."""
-        if self._send_lock.locked() or not self._outbox:
-            return  # the holder sends everything queued before it lets go
-        sender = self._sender
-        if sender is None or sender.dead:
-            self._sender = gevent.spawn(self._send_in_background)
-
-    def _send_in_background(self) -> None:
-        try:
-            self._send_outbox(wait=True)
-        except FlowError as exc:
-            if not self._closed and self._write_error is None:
-                self._write_error = exc
-            log.debug("sending TLS records on %r failed: %s", self, exc)
-        except BaseException:
-            # Killed mid-send: part of a record may be out, so nothing can
-            # follow it on this stream.
-            if not self._closed and self._write_error is None:
-                self._write_error = BrokenError("sending TLS records was interrupted mid-stream")
-            raise
-        finally:
-            self._sender = None
-
-    def _send_alert(self) -> None:
-        """Best effort: send the alert a failed engine left for the peer."""
-        try:
-            if self._under_closed:
-                return
-            self._queue_output(_PROBE_SIZE)
-            if self._send_lock.locked():
-                return  # its holder sends everything queued, the alert too
-            if self._outbox:
-                with _bounded(CLOSE_NOTIFY_TIMEOUT):
-                    self._send_outbox(wait=False)
-        except FlowError as exc:
-            log.debug("could not send the TLS alert on %r: %s", self, exc)
+        write_plaintext = self._engine.write_plaintext
+        sent = write_plaintext(chunk)
+        self._retry(
+            write_plaintext, chunk, sent, _WAIT, self._writer, what=what, hint=len(chunk) + _CHUNK_SLACK
+        )
 
     # -- ending --------------------------------------------------------------------------
 
     def shutdown(self, how: Shutdown | str = Shutdown.WRITE) -> None:
-        how = begin_shutdown(how, closed=self._closed, writing=self._writing, write_shut=self._write_shut)
-        ending_writes = how.writes and not self._write_shut
+        how = self.begin_shutdown(how)
+        reader, writer = self._reader, self._writer
         # The read half first: it cannot fail, and a blocked reader should
         # not wait for the close_notify to go out.
-        if how.reads and not self._read_shut:
-            self._read_shut = True
+        if how.reads and reader.shut():
             self._wake_reader()
         try:
-            if ending_writes:
-                self._write_shut = True
-                if self._write_error is None and self._engine.error is None:
-                    try:
-                        self._engine.send_close_notify()
-                    except TLSError as exc:
-                        self._write_error = exc
-                        self._send_alert()
-                        raise
-                    # Everything written before was accepted below already;
-                    # the close_notify follows it like a write: with
-                    # backpressure, bounded by the timeout, failures raised.
-                    self._run_write(self._send_close_notify, None, "shutdown('write')")
+            if how.writes and writer.state is _OPEN and not writer.busy and self._engine.error is None:
+                # Like a write: after everything written before, with
+                # backpressure, bounded by the timeout, failures raised.
+                writer.enter("shutdown('write')")
+                writer.shut()
+                self._run_write(self._send_close_notify, None, "shutdown('write')")
+            elif how.writes:
+                writer.shut()
         finally:
-            if self._read_shut and self._write_shut:
-                self._close_underlying()
+            if reader.state is _SHUT and writer.state is _SHUT:
+                self._close_underlying(TLSState.ENDED)
 
-    def _send_close_notify(self, _: None) -> None:
-        self._queue_output(_PROBE_SIZE)
-        self._send_outbox(wait=True)
-        self._check_sent()
-
-    def _wake_reader(self) -> None:
-        parked = self._reader_parked
-        if parked is None:
-            return
-        throw_into = parked.throw
-
-        def throw() -> None:
-            # Only if it is still parked in the same receive: by now it may
-            # have moved on, and then it must not be disturbed.
-            if self._reader_parked is parked:
-                throw_into(_ReadShutdownWakeupError(self))
-
-        self._hub.loop.run_callback(throw)
+    def _send_close_notify(self, _: None, what: str) -> None:
+        self._engine.write_close_notify()
+        self._retry(_no_operation, None, None, _WAIT, self._writer, what=what)
 
     def close(self) -> None:
-        if self._closed:
+        if not self.mark_closed():
             return
-        self._closed = True
         try:
             self._try_close_notify()
             self._discard_arrived()
         except Exception as exc:
             log.debug("could not end the TLS session on %r cleanly: %s", self, exc)
-        self._close_underlying()
+        self._close_underlying(TLSState.CLOSED)
 
     def _try_close_notify(self) -> None:
         engine = self._engine
         if (
-            engine.sent_close_notify
-            or engine.error is not None
-            or self._write_error is not None
-            or self._under_closed
-            or self._writing  # a record may be half sent: nothing may follow it
+            self._state is not TLSState.OPEN
             or engine.state is not EngineState.OPEN
+            or engine.our_ending is not OurEnding.OPEN
+            or self._writer.error is not None
+            or self._writer.busy  # a record may be half sent: nothing may follow it
         ):
             return
-        engine.send_close_notify()
-        self._queue_output(_PROBE_SIZE)
-        if self._send_lock.locked():
-            # The background sender holds it (session tickets, say, that the
-            # peer has not read yet); it sends everything queued, in order,
-            # and _close_underlying gives it CLOSE_NOTIFY_TIMEOUT to finish.
-            return
-        with _bounded(CLOSE_NOTIFY_TIMEOUT):
-            self._send_outbox(wait=False)
-
-    def _discard_arrived(self) -> None:
-        """Read and drop what already arrived, without waiting for more.
-
-        A TCP socket closed with unread bytes in its receive buffer answers
-        with a reset, and a reset can destroy data still on its way to the
-        peer. A TLS 1.3 client that only writes always has such bytes: the
-        server's session tickets. So ``close`` takes them first.
-        """
-        if self._receiving or self._under_closed:
-            return
-        with _bounded(0):
-            for _ in range(16):
-                if not self._under.read(RECEIVE_SIZE):
-                    break
-
-    def _close_underlying(self) -> None:
-        if self._under_closed:
-            return
-        sender = self._sender
-        if sender is not None and not sender.dead and sender is not getcurrent():
-            # A close_notify (or a handshake's tail) may still be on its way.
-            sender.join(CLOSE_NOTIFY_TIMEOUT)
-        self._under_closed = True
-        self._under.close()
+        engine.write_close_notify()
+        # If the background sender holds the lock (session tickets, say, that
+        # the peer has not read yet), it sends everything queued, in order,
+        # and _close_underlying gives it CLOSE_NOTIFY_TIMEOUT to finish.
+        self._send_bounded()
 
     def unwrap(self) -> tuple[Flow, bytes]:
         """End TLS and hand back the underlying flow, for STARTTLS protocols.
@@ -672,25 +348,27 @@ class TLSFlow(FlowAttributes, Flow):
             BusyError: another greenlet is reading or writing.
             ClosedError, BrokenError, FlowTimeout: as for reads.
         """
-        if self._closed:
+        if self.closed:
             raise closed_error("unwrap")
-        if self._reading or self._writing:
+        if self._reader.busy or self._writer.busy:
             raise BusyError("cannot unwrap: another greenlet is reading or writing this flow")
         self.shutdown(Shutdown.WRITE)
         # The caller may write in the clear as soon as we return, so our
-        # close_notify must be out first.
-        self._send_outbox(wait=True)
-        while not self._engine.received_close_notify:
+        # close_notify must be out first (a reader may have left it to the
+        # background sender).
+        self._retry(_no_operation, None, None, _WAIT, None, what="unwrap")
+        engine = self._engine
+        while engine.peer_ending not in _PEER_ENDED:
             data = self.read()
             if data:
                 raise TLSError(
                     f"cannot unwrap: the peer sent {len(data)} bytes of data instead of its close_notify"
                 )
-            if not self._engine.received_close_notify:
+            if engine.peer_ending not in _PEER_ENDED:
                 raise TLSError("cannot unwrap: this side shut down reading before the peer's close_notify")
-        trailing = self._engine.unread_ciphertext()
-        self._closed = True
-        self._under_closed = True  # it is the caller's now
+        trailing = engine.unread_ciphertext()
+        self.mark_closed()
+        self._state = TLSState.UNWRAPPED  # the underlying flow is the caller's now
         return self._under, trailing
 
     def renegotiate(self) -> None:
@@ -708,15 +386,12 @@ class TLSFlow(FlowAttributes, Flow):
         Raises:
             ValueError: the session is not TLS 1.2.
         """
-        if self._writing or self._closed or self._write_shut or self._write_error:
-            self._enter_write("renegotiate")
+        self._writer.enter("renegotiate")
+        self._run_write(self._start_renegotiation, None, "renegotiate")
 
-        def start(_: None) -> None:
-            self._engine.renegotiate()
-            self._queue_output(_PROBE_SIZE)
-            self._send_outbox(wait=True)
-
-        self._run_write(start, None, "renegotiate")
+    def _start_renegotiation(self, _: None, what: str) -> None:
+        self._engine.renegotiate()
+        self._retry(_no_operation, None, None, _WAIT, self._writer, what=what)
 
     # -- attributes ------------------------------------------------------------------------
 
@@ -749,3 +424,11 @@ class TLSFlow(FlowAttributes, Flow):
         Do not read, write or shut it down: the flow owns it.
         """
         return self._engine.connection
+
+
+def _do_handshake(engine: TLSEngine) -> NeedInput | None:
+    return engine.do_handshake()
+
+
+def _no_operation(_: None) -> None:
+    """The operation of a turn that only sends what the engine produced."""

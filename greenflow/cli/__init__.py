@@ -1,0 +1,188 @@
+"""The ``greenflow`` command: ``serve`` a handler, or ``connect`` a terminal to a flow.
+
+``greenflow serve`` runs :class:`greenflow.Server` in the spirit of gunicorn::
+
+    greenflow serve                                  # the echo server, tcp://127.0.0.1:8000
+    greenflow serve myapp.handlers:chat --bind tcp://[::1]:9000 --bind unix:/run/chat.sock
+    greenflow serve echo --bind tls://127.0.0.1:8443  # a self-signed certificate, made at start
+
+It prints one ``greenflow: listening on URL`` line on stderr per listener
+(with the real port when port 0 was asked), and SIGTERM or SIGINT stop it
+gracefully (a second one is reported and ignored while the stop runs; the
+grace period bounds it).
+
+``greenflow connect URL`` joins stdin and stdout to a flow, like netcat:
+what is typed goes to the server, what the server sends is printed. At the
+end of stdin it shuts down writing (a half-close) and goes on printing until
+the server's EOF; it exits when both directions are done.
+
+The URLs are those of :mod:`greenflow.addresses`. Every failure is one
+``greenflow: ...`` line on stderr and a non-zero exit status: 2 for a usage
+error (a bad option, a handler that cannot be loaded, a TLS option with no
+TLS to apply to), 1 for anything else (a URL that cannot be bound or
+connected to, a bad certificate file); 128 + N when signal N ended
+``connect``.
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Sequence
+from pathlib import Path
+
+from .. import __version__
+from ..listeners import DEFAULT_BACKLOG
+from ..selfsigned import write_self_signed_certificate
+from ..server import DEFAULT_GRACE, default_max_connections
+from ._common import CommandError, octal, positive_int, say, seconds
+from ._connect import connect, join_stdio, open_url, until_signalled
+from ._serve import DEFAULT_FIRST_DATA_TIMEOUT, load_handler, serve
+
+__all__ = ["DEFAULT_BIND", "build_parser", "main"]
+
+# Kept importable from here, where they used to live.
+_COMPATIBLE = (join_stdio, load_handler, open_url, until_signalled, write_self_signed_certificate)
+
+#: Where ``greenflow serve`` listens when no ``--bind`` is given: loopback
+#: only, so that trying it out exposes nothing.
+DEFAULT_BIND = "tcp://127.0.0.1:8000"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The command line's parser (``main`` uses it; tests and docs may too)."""
+    parser = argparse.ArgumentParser(prog="greenflow", description="Blocking-style network flows on gevent.")
+    parser.add_argument("--version", action="version", version=f"greenflow {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _add_serve(commands)
+    _add_connect(commands)
+    return parser
+
+
+def _add_serve(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    serve = commands.add_parser(
+        "serve",
+        help="run a handler for every connection",
+        description="Serve HANDLER (MODULE:FUNCTION, or the built-in echo or discard) on the --bind URLs.",
+    )
+    serve.add_argument(
+        "handler",
+        nargs="?",
+        default="echo",
+        metavar="HANDLER",
+        help="MODULE:FUNCTION called as function(flow) per connection, or echo or discard (default: echo)",
+    )
+    serve.add_argument(
+        "-b",
+        "--bind",
+        action="append",
+        metavar="URL",
+        help="tcp://HOST:PORT, HOST:PORT, tls://HOST:PORT, unix:/PATH, unix:@NAME, unix+tls:/PATH, "
+        f"fd://N, systemd: or systemd:NAME (repeatable; default {DEFAULT_BIND})",
+    )
+    serve.add_argument(
+        "--max-connections",
+        type=positive_int,
+        metavar="N",
+        help="connections open at once, at most (default: the descriptor limit less a reserve,"
+        f" here {default_max_connections()}); at the limit the kernel's backlog holds the next clients",
+    )
+    serve.add_argument(
+        "--first-data-timeout",
+        type=seconds,
+        default=DEFAULT_FIRST_DATA_TIMEOUT,
+        metavar="SECONDS",
+        help="close a connection that sends nothing for this long after connecting (default"
+        f" {DEFAULT_FIRST_DATA_TIMEOUT:g}; 0 turns it off, as protocols where the server speaks first need)",
+    )
+    serve.add_argument(
+        "--deadline",
+        type=seconds,
+        metavar="SECONDS",
+        help="the most a connection may live in all, to end clients that trickle (default none)",
+    )
+    serve.add_argument(
+        "--grace",
+        type=seconds,
+        default=DEFAULT_GRACE,
+        metavar="SECONDS",
+        help=f"how long a stop waits for handlers to finish (default {DEFAULT_GRACE:g})",
+    )
+    serve.add_argument(
+        "--timeout",
+        type=seconds,
+        metavar="SECONDS",
+        help="each flow's timeout for every blocking call (default none)",
+    )
+    tls = serve.add_argument_group("TLS (for tls:// and unix+tls: binds)")
+    tls.add_argument(
+        "--certfile", type=Path, help="certificate chain (PEM); default: a self-signed one, made at start"
+    )
+    tls.add_argument("--keyfile", type=Path, help="private key (PEM), if not in --certfile")
+    tls.add_argument(
+        "--client-cafile",
+        type=Path,
+        metavar="CAFILE",
+        help="require a client certificate, verified against these CA certificates (PEM)",
+    )
+    tls.add_argument(
+        "--handshake-timeout",
+        type=seconds,
+        metavar="SECONDS",
+        help="how long a TLS handshake may take (default: greenflow.tls.DEFAULT_HANDSHAKE_TIMEOUT, 10)",
+    )
+    serve.add_argument("--backlog", type=positive_int, default=DEFAULT_BACKLOG, help="listen() backlog")
+    serve.add_argument("--reuse-port", action="store_true", help="set SO_REUSEPORT on TCP listeners")
+    serve.add_argument("--unix-mode", type=octal, metavar="MODE", help="file mode of Unix sockets, e.g. 660")
+    serve.add_argument(
+        "--log-level",
+        default="info",
+        choices=["debug", "info", "warning", "error", "critical"],
+        help="logging level (default info)",
+    )
+
+
+def _add_connect(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    connect = commands.add_parser(
+        "connect",
+        help="join stdin and stdout to a connection, like netcat",
+        description="Connect to URL (tcp://HOST:PORT, HOST:PORT, tls://HOST:PORT, unix:/PATH, "
+        "unix:@NAME, unix+tls:/PATH or vsock://CID:PORT); join it to stdin/stdout.",
+    )
+    connect.add_argument("url", metavar="URL")
+    connect.add_argument("--timeout", type=seconds, metavar="SECONDS", help="connect timeout (default 30)")
+    tls = connect.add_argument_group("TLS (for tls:// and unix+tls: URLs)")
+    tls.add_argument("--cafile", type=Path, help="trust these CA certificates (PEM) instead of the system's")
+    tls.add_argument("--certfile", type=Path, help="a client certificate chain (PEM) to present")
+    tls.add_argument(
+        "--keyfile", type=Path, help="the client certificate's private key, if not in --certfile"
+    )
+    tls.add_argument(
+        "--server-name",
+        "--server-hostname",
+        dest="server_name",
+        metavar="NAME",
+        help="the name to ask for (SNI) and check the certificate against (default: the URL's host)",
+    )
+    tls.add_argument(
+        "--alpn",
+        action="append",
+        metavar="PROTOCOL",
+        help="offer these application protocols (repeatable, or comma-separated: h2,http/1.1)",
+    )
+    tls.add_argument(
+        "--insecure",
+        action="store_true",
+        help="do not verify the server's certificate (testing only)",
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; returns the exit status."""
+    args = build_parser().parse_args(argv)
+    try:
+        if args.command == "serve":
+            return serve(args, args.bind or [DEFAULT_BIND])
+        return connect(args)
+    except CommandError as exc:
+        say(str(exc))
+        return exc.status
