@@ -139,14 +139,13 @@ def _installed(hook: object) -> bool:
 def label_of(glet: Any) -> str:
     """A readable name for a greenlet: its handler and peer for a server connection.
 
-    A :class:`greenflow.Server` connection greenlet carries ``server`` and
-    ``peer``; the label is the handler's qualified name and the peer's
-    address. A gevent greenlet is named by the function it runs; the hub and
-    the main greenlet by what they are.
+    A :class:`greenflow.Server` connection greenlet carries its ``peer`` and
+    its server's settings; the label is the handler's qualified name and the
+    peer's address. A gevent greenlet is named by the function it runs; the
+    hub and the main greenlet by what they are.
     """
     peer = getattr(glet, "peer", None)
-    server = getattr(glet, "server", None)
-    handler = getattr(server, "_handler", None) if server is not None else None
+    handler = _connection_handler(glet) if peer is not None else None
     if handler is not None:
         where = f" from {_peer_text(peer)}" if peer not in (None, "", b"") else ""
         return f"{_callable_name(handler)}{where}"
@@ -159,6 +158,12 @@ def label_of(glet: Any) -> str:
     if run is not None:
         return _callable_name(run)
     return kind
+
+
+def _connection_handler(glet: Any) -> object:
+    """The handler a greenflow.Server connection greenlet runs, or None."""
+    settings = getattr(getattr(glet, "pool", None), "settings", None)  # greenflow.server.Connection
+    return getattr(settings, "handler", None)
 
 
 def _peer_text(peer: object) -> str:
