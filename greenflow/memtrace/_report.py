@@ -49,15 +49,20 @@ def write_report(source: Path, png: Path, *, top: int = 10) -> None:
         2, 1, figsize=(10, 8), gridspec_kw={"height_ratios": [3, 2]}, layout="constrained"
     )
     times = [point.elapsed for point in model.history]
-    for name, values, style in (
-        ("RSS", [point.rss for point in model.history], "-"),
-        ("traced", [point.current for point in model.history], "-"),
-        ("traced peak", [point.peak for point in model.history], "--"),
-    ):
-        memory.plot(times, [value / _MIB for value in values], style, label=name)
+    memory.plot(
+        times, [point.current / _MIB for point in model.history], "-", color="tab:green", label="traced"
+    )
+    memory.plot(
+        times, [point.peak / _MIB for point in model.history], "--", color="tab:olive", label="traced peak"
+    )
+    # RSS on its own axis: it is often many times the traced size, which would look flat beside it.
+    rss = memory.twinx()
+    rss.plot(times, [point.rss / _MIB for point in model.history], "-", color="tab:blue", label="RSS")
+    rss.set_ylabel("RSS, MiB", color="tab:blue")
     memory.set_xlabel("seconds since tracing started")
-    memory.set_ylabel("MiB")
-    memory.legend(loc="upper left")
+    memory.set_ylabel("traced by tracemalloc, MiB")
+    lines = memory.get_lines() + rss.get_lines()
+    memory.legend(lines, [line.get_label() for line in lines], loc="upper left")
     memory.grid(alpha=0.3)
     hello = model.hello
     title = "memory over time"
