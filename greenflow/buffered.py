@@ -38,6 +38,7 @@ from .kit import (
     check_read_size,
     check_writable_buffer,
     closed_error,
+    reraise,
 )
 from .records import RecordBuffer, Search
 
@@ -320,10 +321,7 @@ class BufferedFlow(FlowBase):
         except BaseException as exc:
             if isinstance(exc, BrokenError):
                 writer.fail(exc)  # sticky: later writes say this write failed
-            error = writer.interrupted(exc, what)  # a timeout or a kill breaks writing too
-            if error is exc:
-                raise
-            raise error from exc
+            reraise(exc, writer.interrupted(exc, what))  # a timeout or a kill breaks writing too
         finally:
             writer.leave()
 

@@ -35,6 +35,7 @@ import socket
 from collections.abc import Callable, Iterable
 from typing import Any, Final, Protocol, TypeVar
 
+import gevent
 from gevent import get_hub as _get_hub
 
 from .errors import BrokenError, FlowError
@@ -48,11 +49,12 @@ from .kit import (
     check_read_size,
     check_writable_buffer,
     closed_error,
+    reraise,
 )
 
 log = logging.getLogger("greenflow")
 
-__all__ = ["DescriptorFlow", "broken_error"]
+__all__ = ["DescriptorFlow", "broken_error", "wait_ready"]
 
 _READ = 1  # libev's EV_READ
 _WRITE = 2  # libev's EV_WRITE
@@ -241,7 +243,7 @@ class DescriptorFlow(FlowBase):
                     continue
                 view = view[sent:]
         except BaseException as exc:
-            raise self._write_interrupted(writer, exc, what) from exc
+            reraise(exc, self._write_interrupted(writer, exc, what))
 
     def _send_views(self, writer: Direction, views: list[memoryview]) -> None:
         # gevent's sendmsg tries once, waits once and may return a short
@@ -265,7 +267,7 @@ class DescriptorFlow(FlowBase):
                 if sent:
                     views[first] = views[first][sent:]
         except BaseException as exc:
-            raise self._write_interrupted(writer, exc, "writev") from exc
+            reraise(exc, self._write_interrupted(writer, exc, "writev"))
 
     def _wait_writable(self, what: str) -> None:
         watcher = self._write_watcher
@@ -338,6 +340,26 @@ class DescriptorFlow(FlowBase):
     def _describe(self) -> str:
         """Names the flow in error messages."""
         return "the flow"
+
+
+def wait_ready(watcher: Any, seconds: float) -> bool:
+    """Park on a started-or-not libev ``watcher`` for at most ``seconds``.
+
+    Returns True when the watcher fired, False when the time ran out first.
+    Any other exception thrown into the wait (a kill, another timeout, a
+    wake-up of the caller's own) comes out unchanged.
+    """
+    timer = gevent.Timeout(seconds)
+    timer.start()
+    try:
+        _get_hub().wait(watcher)
+    except gevent.Timeout as exc:
+        if exc is not timer:
+            raise
+        return False
+    finally:
+        timer.close()
+    return True
 
 
 def broken_error(exc: OSError, context: str) -> BrokenError:

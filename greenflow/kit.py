@@ -48,7 +48,7 @@ from __future__ import annotations
 import enum
 import math
 from collections.abc import Iterable
-from typing import Final
+from typing import Final, NoReturn
 
 import gevent
 
@@ -68,6 +68,7 @@ __all__ = [
     "check_writable_buffer",
     "closed_error",
     "parse_shutdown",
+    "reraise",
     "start_timer",
 ]
 
@@ -391,6 +392,19 @@ def check_writable_buffer(buffer: object) -> memoryview:
 
 
 # -- errors and timers -------------------------------------------------------------
+
+
+def reraise(exc: BaseException, error: BaseException) -> NoReturn:
+    """Raise ``error`` in place of ``exc``, chained to it; or ``exc`` itself if they are one.
+
+    For the ``except`` block of a call that did not finish::
+
+        except BaseException as exc:
+            reraise(exc, writer.interrupted(exc, "write"))
+    """
+    if error is exc:
+        raise exc
+    raise error from exc
 
 
 def closed_error(what: str) -> ClosedError:

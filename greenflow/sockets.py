@@ -17,12 +17,11 @@ import termios
 import time
 from typing import Any, Final
 
-import gevent
 from gevent import get_hub as _get_hub
 from gevent import socket as _gevent_socket
 
 from .addresses import format_address, numeric_address
-from .descriptors import DescriptorFlow, broken_error
+from .descriptors import DescriptorFlow, broken_error, wait_ready
 from .errors import BrokenError, FlowError
 from .kit import DirectionState, check_timeout, start_timer
 
@@ -431,8 +430,7 @@ def _is_listening(sock: socket.socket) -> bool:
 
 def _linger(sock: socket.socket, timeout: float) -> bool:
     """Read and discard until EOF, an empty send queue, or ``timeout``."""
-    hub = _get_hub()
-    watcher = hub.loop.io(sock.fileno(), _READ)
+    watcher = _get_hub().loop.io(sock.fileno(), _READ)
     deadline = time.monotonic() + timeout
     try:
         while True:
@@ -449,15 +447,7 @@ def _linger(sock: socket.socket, timeout: float) -> bool:
                 return True
             if remaining <= 0:
                 return False
-            timer = gevent.Timeout(min(remaining, _LINGER_POLL))
-            timer.start()
-            try:
-                hub.wait(watcher)
-            except gevent.Timeout as exc:
-                if exc is not timer:
-                    raise
-            finally:
-                timer.close()
+            wait_ready(watcher, min(remaining, _LINGER_POLL))
     finally:
         watcher.close()
 

@@ -121,10 +121,17 @@ def test_a_strided_buffer_is_writable_and_a_read_only_one_is_not() -> None:
         check_writable_buffer(b"abcd")
 
 
-MAKERS = {
+def _tls_pair() -> tuple[Flow, Flow]:
+    from tls_helpers import contexts, shared_certs, tls_over
+
+    return tls_over(greenflow.socketpair, *contexts(shared_certs()))
+
+
+MAKERS: dict[str, Callable[[], tuple[Flow, Flow]]] = {
     "socketpair": greenflow.socketpair,
     "pipes": greenflow.pipe_pair,
     "memory": memory_pair,
+    "tls": _tls_pair,
 }
 
 

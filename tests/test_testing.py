@@ -232,6 +232,13 @@ class OnlyFlowTimeoutBreaksWrites(_Broken):
             raise
 
 
+class WritevTakesASingleBuffer(_Broken):
+    def writev(self, buffers: Iterable[Buffer]) -> None:
+        if isinstance(buffers, bytes):
+            return super().write(buffers)  # lenient, and hides the caller's mistake
+        return super().writev(buffers)
+
+
 class KeepsDataAfterShutdownRead(_Broken):
     def _read(self, size: int, what: str) -> bytes:
         if self._reader.state is DirectionState.SHUT and self.incoming.buffered_bytes:
@@ -263,6 +270,7 @@ BROKEN = [
     (KeepsTheCallersBuffer, "keeps no reference to it"),
     (OnlyFlowTimeoutBreaksWrites, "a gevent.Timeout or a kill breaks the writing direction"),
     (KeepsDataAfterShutdownRead, "discards what is in flight"),
+    (WritevTakesASingleBuffer, "misuse is a TypeError or ValueError"),
 ]
 
 
@@ -291,8 +299,8 @@ def test_every_check_runs_and_all_failures_are_listed() -> None:
         check_flow_pair(_maker(WritevReorders))
     message = str(caught.value)
     # The writev check and the random stress both see the reordering; the
-    # other 22 checks pass, and all 24 ran.
-    assert "2 of 24 flow contract checks failed" in message
+    # other 23 checks pass, and all 25 ran.
+    assert "2 of 25 flow contract checks failed" in message
     assert "- writev keeps order" in message
     assert "- random full-duplex stress" in message
 
@@ -316,7 +324,7 @@ def test_an_unexpected_exception_fails_its_check_and_the_suite_goes_on() -> None
         check_flow_pair(_maker(RaisesNotImplemented), check_timeout=2)
     message = str(caught.value)
     assert "unexpected NotImplementedError: read_into is not written yet" in message
-    assert "of 24 flow contract checks failed" in message
+    assert "of 25 flow contract checks failed" in message
 
 
 # -- the suite fails fast on flows that hang --------------------------------------------------

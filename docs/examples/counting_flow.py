@@ -12,7 +12,7 @@ from collections.abc import Iterable
 
 from greenflow import BrokenError, Flow, Shutdown
 from greenflow.flow import Buffer
-from greenflow.kit import FlowBase, check_buffers, check_bytes_like, check_read_size
+from greenflow.kit import FlowBase, check_buffers, check_bytes_like, check_read_size, reraise
 
 
 class CountingFlow(FlowBase):
@@ -83,10 +83,7 @@ class CountingFlow(FlowBase):
         except BaseException as exc:
             if isinstance(exc, BrokenError):
                 writer.fail(exc)  # sticky: later writes say this write failed
-            error = writer.interrupted(exc, what)  # a timeout or a kill breaks writing too
-            if error is exc:
-                raise
-            raise error from exc
+            reraise(exc, writer.interrupted(exc, what))  # a timeout or a kill breaks writing too
         finally:
             writer.leave()
         self.bytes_out += len(data)

@@ -79,6 +79,21 @@ def _add_serve(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         help="tcp://HOST:PORT, HOST:PORT, tls://HOST:PORT, unix:/PATH, unix:@NAME, unix+tls:/PATH, "
         f"fd://N, systemd: or systemd:NAME (repeatable; default {DEFAULT_BIND})",
     )
+    _add_serve_limits(serve)
+    _add_serve_tls(serve)
+    serve.add_argument("--backlog", type=positive_int, default=DEFAULT_BACKLOG, help="listen() backlog")
+    serve.add_argument("--reuse-port", action="store_true", help="set SO_REUSEPORT on TCP listeners")
+    serve.add_argument("--unix-mode", type=octal, metavar="MODE", help="file mode of Unix sockets, e.g. 660")
+    serve.add_argument(
+        "--log-level",
+        default="info",
+        choices=["debug", "info", "warning", "error", "critical"],
+        help="logging level (default info)",
+    )
+
+
+def _add_serve_limits(serve: argparse.ArgumentParser) -> None:
+    """The bounds on connections: how many, how silent, how long, how slow."""
     serve.add_argument(
         "--max-connections",
         type=positive_int,
@@ -113,6 +128,10 @@ def _add_serve(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         metavar="SECONDS",
         help="each flow's timeout for every blocking call (default none)",
     )
+
+
+def _add_serve_tls(serve: argparse.ArgumentParser) -> None:
+    """The TLS options of ``serve``."""
     tls = serve.add_argument_group("TLS (for tls:// and unix+tls: binds)")
     tls.add_argument(
         "--certfile", type=Path, help="certificate chain (PEM); default: a self-signed one, made at start"
@@ -129,15 +148,6 @@ def _add_serve(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         type=seconds,
         metavar="SECONDS",
         help="how long a TLS handshake may take (default: greenflow.tls.DEFAULT_HANDSHAKE_TIMEOUT, 10)",
-    )
-    serve.add_argument("--backlog", type=positive_int, default=DEFAULT_BACKLOG, help="listen() backlog")
-    serve.add_argument("--reuse-port", action="store_true", help="set SO_REUSEPORT on TCP listeners")
-    serve.add_argument("--unix-mode", type=octal, metavar="MODE", help="file mode of Unix sockets, e.g. 660")
-    serve.add_argument(
-        "--log-level",
-        default="info",
-        choices=["debug", "info", "warning", "error", "critical"],
-        help="logging level (default info)",
     )
 
 

@@ -40,6 +40,7 @@ from typing import TYPE_CHECKING, Any, Final
 import gevent
 from gevent import Greenlet, get_hub, getcurrent
 
+from ..descriptors import wait_ready
 from ..errors import FlowError
 from ..flow import Flow
 from ..listener import Listener
@@ -182,23 +183,19 @@ class Connection(_GreenletBase):
         self.phase = Phase.AWAITING_DATA
         if self.pool.draining:
             return False
-        hub = get_hub()
-        watcher = self.waiter = hub.loop.io(self.sock.fileno(), _READ)
-        timer = gevent.Timeout(seconds)
-        timer.start()
+        watcher = self.waiter = get_hub().loop.io(self.sock.fileno(), _READ)
         try:
-            hub.wait(watcher)
-        except gevent.Timeout as exc:
-            if exc is not timer:
-                raise
-            log.info(
-                "connection from %s on %s sent nothing in %g s; closed", self.peer, self.listener.url, seconds
-            )
-            return False
+            if not wait_ready(watcher, seconds):
+                log.info(
+                    "connection from %s on %s sent nothing in %g s; closed",
+                    self.peer,
+                    self.listener.url,
+                    seconds,
+                )
+                return False
         except _EndedByStop:
             return False
         finally:
-            timer.close()
             self.waiter = None
             watcher.close()
         return not self.pool.draining

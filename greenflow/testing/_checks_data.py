@@ -75,6 +75,31 @@ def _max_bytes_validation(ctx: Context) -> None:
     send_and_receive(ctx, a, b, b"still works")
 
 
+@check("misuse is a TypeError or ValueError that sends and takes nothing")
+def _misuse(ctx: Context) -> None:
+    a, b = ctx.pair()
+    expect(TypeError, partial(a.write, 5), "write(5)")  # type: ignore[arg-type]
+    expect(TypeError, partial(a.writev, b"abc"), "writev(b'abc'), a single buffer")  # type: ignore[arg-type]
+    expect(TypeError, partial(a.writev, [b"x", 5]), "writev([b'x', 5])")  # type: ignore[list-item]
+    expect(TypeError, partial(b.read_into, b"abcd"), "read_into(b'abcd'), a read-only buffer")  # type: ignore[arg-type]
+    expect(TypeError, partial(b.read_into, 5), "read_into(5)")  # type: ignore[arg-type]
+    for bad, error in ((-1, ValueError), (float("nan"), ValueError), (10**400, ValueError), ("3", TypeError)):
+
+        def set_timeout(value: object = bad) -> None:
+            a.timeout = value  # type: ignore[assignment]
+
+        expect(error, set_timeout, f"setting timeout = {bad!r:.20}")
+    sending = ctx.spawn(a.write, b"wxyz")  # nothing above was sent or taken
+    strided = bytearray(8)
+    got = b""
+    while len(got) < 4:
+        count = b.read_into(memoryview(strided)[::2])
+        assert 1 <= count <= 4, f"read_into(a strided 4-byte view) returned {count}"
+        got += bytes(strided[: 2 * count : 2])
+    assert got == b"wxyz", f"after the refused calls the flow carried {got!r}, not b'wxyz'"
+    join(sending, "write")
+
+
 @check("read_into fills the caller's buffer and returns 0 only at EOF")
 def _read_into(ctx: Context) -> None:
     a, b = ctx.pair()

@@ -42,6 +42,7 @@ from ..kit import (
     check_max_bytes,
     check_writable_buffer,
     closed_error,
+    reraise,
 )
 
 __all__ = ["DEFAULT_MEMORY_BUFFER", "MemoryFlow", "MemoryPipe", "lockstep_pair", "memory_pair"]
@@ -238,10 +239,7 @@ class MemoryFlow(FlowBase):
                     raise writer.fail(BrokenError(f"{what} failed: the peer closed the flow"))
         except BaseException as exc:
             pipe.withdraw()
-            error = writer.interrupted(exc, what)
-            if error is exc:
-                raise
-            raise error from exc
+            reraise(exc, writer.interrupted(exc, what))
         finally:
             writer.leave()
 

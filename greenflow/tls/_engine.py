@@ -109,15 +109,14 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Final, NoReturn, TypeVar, cast
 
-from cryptography import x509
 from OpenSSL import SSL
 from OpenSSL._util import ffi as _ffi
 from OpenSSL._util import lib as _lib
 
 from ._context import expect_server
+from ._epoch import TLSEpoch, read_epoch
 from ._errors import TLSCertificateError, TLSError, TLSTruncatedError, translate
 
 __all__ = [
@@ -190,33 +189,6 @@ class PeerEnding(enum.Enum):
     TRANSPORT_EOF = "transport EOF, data left to read"
     CLOSE_NOTIFY_RECEIVED = "close_notify received"
     TRUNCATED = "EOF without close_notify"
-
-
-@dataclass(frozen=True, slots=True)
-class TLSEpoch:
-    """What was agreed for a TLS session (the Mirage TLS ``epoch``).
-
-    Attributes:
-        version: the protocol version, such as ``"TLSv1.3"``.
-        cipher: the cipher suite's OpenSSL name, such as
-            ``"TLS_AES_256_GCM_SHA384"``.
-        alpn_protocol: the application protocol both sides agreed on with
-            ALPN, or ``None``.
-        server_name: the SNI name the client asked for (on a client, the name
-            it sent), or ``None``.
-        peer_certificate: the peer's certificate, or ``None`` if it sent none.
-        resumed: whether the session was resumed from an earlier one.
-        renegotiations: how many renegotiations (TLS 1.2) this side has
-            started or answered, finished or not (OpenSSL's count).
-    """
-
-    version: str
-    cipher: str
-    alpn_protocol: str | None
-    server_name: str | None
-    peer_certificate: x509.Certificate | None
-    resumed: bool
-    renegotiations: int
 
 
 class TLSEngine:
@@ -540,23 +512,7 @@ class TLSEngine:
 
     def epoch(self) -> TLSEpoch:
         """What the handshake agreed; only valid once it is complete."""
-        conn = self._conn
-        alpn = conn.get_alpn_proto_negotiated()
-        if self.server_side:
-            name = conn.get_servername()
-            server_name = name.decode("ascii", "replace") if name else None
-        else:
-            server_name = self._server_hostname
-        peer = conn.get_peer_certificate()
-        return TLSEpoch(
-            version=conn.get_protocol_version_name(),
-            cipher=conn.get_cipher_name() or "",
-            alpn_protocol=alpn.decode("ascii", "replace") if alpn else None,
-            server_name=server_name,
-            peer_certificate=peer.to_cryptography() if peer is not None else None,
-            resumed=bool(_lib.SSL_session_reused(conn._ssl)),
-            renegotiations=conn.total_renegotiations(),
-        )
+        return read_epoch(self._conn, self.server_side, self._server_hostname)
 
     # -- errors: every failure goes through _raise_failure ------------------------------
 

@@ -28,7 +28,15 @@ from OpenSSL import SSL
 
 from ..errors import BrokenError, BusyError
 from ..flow import Buffer, Flow, Shutdown, check_max_bytes, log
-from ..kit import DirectionState, check_bytes_like, check_writable_buffer, closed_error, start_timer
+from ..kit import (
+    DirectionState,
+    check_buffers,
+    check_bytes_like,
+    check_writable_buffer,
+    closed_error,
+    reraise,
+    start_timer,
+)
 from ._engine import (
     _RECORD_OVERHEAD,
     NEED_INPUT,
@@ -197,10 +205,7 @@ class TLSFlow(TLSPump):
                 else:
                     self._encrypt_all(view, "write")
             except BaseException as exc:
-                error = self._write_failed(exc, "write")
-                if error is exc:
-                    raise
-                raise error from exc
+                reraise(exc, self._write_failed(exc, "write"))
         finally:
             writer.leave()
 
@@ -208,7 +213,7 @@ class TLSFlow(TLSPump):
         writer = self._writer
         writer.enter("writev")
         try:
-            views = [check_bytes_like(buffer) for buffer in buffers]  # TypeError: nothing sent
+            views = check_buffers(buffers)  # TypeError: nothing sent
         except BaseException:
             writer.leave()
             raise
@@ -219,10 +224,7 @@ class TLSFlow(TLSPump):
         try:
             body(argument, what)
         except BaseException as exc:
-            error = self._write_failed(exc, what)
-            if error is exc:
-                raise
-            raise error from exc
+            reraise(exc, self._write_failed(exc, what))
         finally:
             self._writer.leave()
 
