@@ -29,7 +29,16 @@ from ._harness import (
 from ._harness import write_markdown as _write_markdown
 
 #: Workload families, in the order they run; each module has workloads(quick).
-MODULES = ("streams", "writev", "connections", "tls", "idle_memory", "buffered", "framed")
+MODULES = (
+    "streams",
+    "writev",
+    "connections",
+    "tls",
+    "idle_memory",
+    "buffered",
+    "framed",
+    "memtrace",
+)
 
 #: The goals of the benchmark issue, as ratios to each workload's baseline.
 TARGETS = [
