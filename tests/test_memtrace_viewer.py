@@ -13,9 +13,11 @@ import pty
 import re
 import select
 import signal
+import socket
 import struct
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -26,7 +28,7 @@ from greenflow import memtrace
 
 SCRIPT = Path(__file__).resolve().parent / "scripts" / "memtrace_leaky.py"
 ROOT = Path(__file__).resolve().parent.parent
-VIEWER = [sys.executable, "-m", "greenflow.memtrace"]
+VIEWER = [sys.executable, "-m", "greenflow", "memtrace"]
 ENV = {**os.environ, "PYTHONPATH": str(ROOT)}
 
 
@@ -277,3 +279,44 @@ def test_viewer_errors_are_clear(tmp_path: Path) -> None:
     wrong = _view("connect", "http://example.com/")
     assert wrong.returncode == 1
     assert "not a URL memtrace can connect to" in wrong.stderr
+
+
+def test_greenflow_serve_memtrace_traces_the_server_from_its_start(tmp_path: Path) -> None:
+    """`greenflow serve --memtrace listen:URL`: a viewer finds the served handler's leak."""
+    viewers = tmp_path / "viewers.sock"
+    command = [sys.executable, "-m", "greenflow", "serve", "memtrace_leaky:leaky_handler"]
+    command += ["--bind", "tcp://127.0.0.1:0", "--memtrace", f"listen:unix:{viewers}"]
+    server = subprocess.Popen(
+        command,
+        stderr=subprocess.PIPE,
+        stdin=subprocess.DEVNULL,
+        cwd=SCRIPT.parent,
+        env=ENV,
+    )
+    try:
+        assert server.stderr is not None
+        line = server.stderr.readline().decode()
+        match = re.search(r"listening on tcp://127\.0\.0\.1:(\d+)", line)
+        assert match, line
+        port = int(match.group(1))
+        stop = threading.Event()
+
+        def drive() -> None:  # a client in a thread: this test's hub runs nothing else
+            with socket.create_connection(("127.0.0.1", port), timeout=10) as client:
+                while not stop.is_set():
+                    client.sendall(b"ping")
+                    client.recv(16)
+
+        driver = threading.Thread(target=drive, daemon=True)
+        driver.start()
+        result = _view("connect", f"unix:{viewers}", "--samples", "4", "--plain", timeout=40)
+        stop.set()
+        driver.join(timeout=10)
+        assert result.returncode == 0, result.stderr
+        samples = _samples(result.stdout)
+        assert samples, result.stdout
+        assert any(sample.get("top-site") == LEAK_SITE for sample in samples), samples
+    finally:
+        server.send_signal(signal.SIGTERM)
+        server.communicate(timeout=15)
+    assert server.returncode == 0
