@@ -69,6 +69,10 @@ def serve(args: argparse.Namespace, binds: list[str]) -> int:
         listeners = _make_listeners(args, endpoints, cleanup)
         server = Server(handler, *listeners, grace=args.grace, **_server_options(args))  # type: ignore[arg-type]
         server.start()
+        if args.memtrace:
+            from .. import memtrace  # noqa: PLC0415 - tracemalloc only when asked for
+
+            cleanup.callback(memtrace.install(args.memtrace))
 
         def on_signal(signum: int) -> None:
             if server.serving:

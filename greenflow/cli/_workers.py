@@ -65,6 +65,8 @@ def check_worker_arguments(args: argparse.Namespace) -> None:
         ):
             if getattr(args, name):
                 raise CommandError(f"{option} applies with --workers only", USAGE)
+    elif getattr(args, "memtrace", None):
+        raise CommandError("--memtrace traces one process: it does not apply with --workers", USAGE)
     if args.max_requests < 0 or args.max_requests_jitter < 0:
         raise CommandError("--max-requests and --max-requests-jitter must be at least 0", USAGE)
     if args.worker_timeout <= 0:
