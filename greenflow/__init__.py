@@ -50,6 +50,7 @@ from .sockets import (
     socketpair,
 )
 from .vsock import connect_vsock_uds, listen_vsock
+from .workers import Supervisor
 
 if TYPE_CHECKING:
     from .tls import TLSCertificateError, TLSError, TLSFlow, TLSTruncatedError, connect_tls
@@ -73,6 +74,7 @@ __all__ = [
     "PipeFlow",
     "Server",
     "Shutdown",
+    "Supervisor",
     "SocketFlow",
     "TLSCertificateError",
     "TLSError",

@@ -31,6 +31,7 @@ PUBLIC = {
     "Server",
     "Shutdown",
     "SocketFlow",
+    "Supervisor",
     "TLSCertificateError",
     "TLSError",
     "TLSFlow",
