@@ -11,6 +11,7 @@ not installed (``.ci/run`` installs both: Debian's ``haproxy`` and ``nginx``).
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import socket
 import subprocess
@@ -45,10 +46,14 @@ def greenflow_serve() -> Iterator[list[Served]]:
         child.kill()
 
 
-def serve_proxied(made: list[Served], bind: str = "tcp://127.0.0.1:0") -> tuple[Served, str]:
-    served = Served("proxied_handler:whom", "--bind", bind, "--proxy-protocol", cwd=SCRIPTS)
+def serve_proxied(made: list[Served], *extra: str) -> tuple[Served, str]:
+    served = Served(
+        "proxied_handler:whom", "--bind", "tcp://127.0.0.1:0", "--proxy-protocol", *extra, cwd=SCRIPTS
+    )
     made.append(served)
     (url,) = served.wait_for(LISTENING)
+    if extra:
+        served.wait_for(re.compile(rb"worker (\d+) ready"), int(extra[-1]))
     return served, url
 
 
@@ -125,15 +130,20 @@ backend back
     return port
 
 
-@pytest.mark.parametrize(("option", "version"), [("send-proxy", 1), ("send-proxy-v2", 2)])
-def test_haproxy(
+@pytest.mark.parametrize(
+    ("option", "version", "extra"),
+    [("send-proxy", 1, ()), ("send-proxy-v2", 2, ()), ("send-proxy-v2", 2, ("--workers", "2"))],
+    ids=["send-proxy", "send-proxy-v2", "send-proxy-v2-workers"],
+)
+def test_haproxy(  # noqa: PLR0917 - the parameters and the fixtures
     option: str,
     version: int,
+    extra: tuple[str, ...],
     tmp_path: Path,
     greenflow_serve: list[Served],
     balancers: list[Balancer],
 ) -> None:
-    _, url = serve_proxied(greenflow_serve)
+    _, url = serve_proxied(greenflow_serve, *extra)
     host, port = host_port(url.replace("tcp+proxy://", "tcp://"))
     front = start_haproxy(tmp_path, f"server app {host}:{port} {option}", balancers)
     for _ in range(2):
