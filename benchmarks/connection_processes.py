@@ -169,8 +169,7 @@ def greenflow_workers(count: int, timeout: float) -> Measurement:
         *(sys.executable, "-m", "greenflow", "serve", "benchmarks.connection_processes:http_handler"),
         *("--bind", f"tcp://127.0.0.1:{port}", "--workers", "2", "--first-data-timeout", "0"),
     ]
-    with _server_process(command, re.compile(rb"worker (\d+) ready"), 2):
-        return Measurement(_run_clients(port, count, timeout))
+    return _measure(command, port, rb"worker (\d+) ready", count, timeout)
 
 
 def gunicorn_gevent(count: int, timeout: float) -> Measurement:
@@ -180,9 +179,7 @@ def gunicorn_gevent(count: int, timeout: float) -> Measurement:
         *(sys.executable, "-m", "gunicorn", "-k", "gevent", "-w", "2", "-b", f"127.0.0.1:{port}"),
         *("--worker-connections", "1000", "benchmarks.connection_processes:wsgi_app"),
     ]
-    with _server_process(command, re.compile(rb"Booting worker with pid: (\d+)"), 2):
-        _wait_accepting(port)
-        return Measurement(_run_clients(port, count, timeout))
+    return _measure(command, port, rb"Booting worker with pid: (\d+)", count, timeout)
 
 
 def uvicorn_workers(count: int, timeout: float) -> Measurement:
@@ -192,7 +189,12 @@ def uvicorn_workers(count: int, timeout: float) -> Measurement:
         *(sys.executable, "-m", "uvicorn", "benchmarks.connection_processes:asgi_app"),
         *("--workers", "2", "--host", "127.0.0.1", "--port", str(port), "--no-access-log"),
     ]
-    with _server_process(command, re.compile(rb"Started server process \[(\d+)\]"), 2):
+    return _measure(command, port, rb"Started server process \[(\d+)\]", count, timeout)
+
+
+def _measure(command: list[str], port: int, ready: bytes, count: int, timeout: float) -> Measurement:
+    """Start the server process, wait for its two workers and a first answer, then run the clients."""
+    with _server_process(command, re.compile(ready), 2):
         _wait_accepting(port)
         return Measurement(_run_clients(port, count, timeout))
 

@@ -21,11 +21,12 @@ from pathlib import Path
 import gevent
 import gevent.subprocess
 import pytest
-from test_cli import CERTIFICATE, LISTENING, Served, host_port
+from test_cli import CERTIFICATE, LISTENING, Served, children, host_port
 
 import greenflow
 
 SCRIPTS = Path(__file__).parent / "scripts"
+_FIXTURES = (children,)  # used by name
 NGINX_STREAM = Path("/usr/lib/nginx/modules/ngx_stream_module.so")
 
 
@@ -36,14 +37,6 @@ def needs(program: str) -> str:
     if path is None:
         pytest.skip(f"{program} is not installed (Debian package {program!r}; .ci/run installs it)")
     return path
-
-
-@pytest.fixture
-def greenflow_serve() -> Iterator[list[Served]]:
-    made: list[Served] = []
-    yield made
-    for child in made:
-        child.kill()
 
 
 def serve_proxied(made: list[Served], *extra: str) -> tuple[Served, str]:
@@ -140,10 +133,10 @@ def test_haproxy(  # noqa: PLR0917 - the parameters and the fixtures
     version: int,
     extra: tuple[str, ...],
     tmp_path: Path,
-    greenflow_serve: list[Served],
+    children: list[Served],
     balancers: list[Balancer],
 ) -> None:
-    _, url = serve_proxied(greenflow_serve, *extra)
+    _, url = serve_proxied(children, *extra)
     host, port = host_port(url.replace("tcp+proxy://", "tcp://"))
     front = start_haproxy(tmp_path, f"server app {host}:{port} {option}", balancers)
     for _ in range(2):
@@ -153,13 +146,11 @@ def test_haproxy(  # noqa: PLR0917 - the parameters and the fixtures
         assert tuple(answer["proxy"]) != client  # type: ignore[arg-type]  # HAProxy's own connection
 
 
-def test_haproxy_tls_passthrough(
-    tmp_path: Path, greenflow_serve: list[Served], balancers: list[Balancer]
-) -> None:
+def test_haproxy_tls_passthrough(tmp_path: Path, children: list[Served], balancers: list[Balancer]) -> None:
     from greenflow import tls
 
     served = Served("proxied_handler:whom", "--bind", "tls://127.0.0.1:0", "--proxy-protocol", cwd=SCRIPTS)
-    greenflow_serve.append(served)
+    children.append(served)
     (certificate,) = served.wait_for(CERTIFICATE)
     (url,) = served.wait_for(LISTENING)
     assert url.startswith("tcp+proxy+tls://")
@@ -212,9 +203,9 @@ stream {{
 
 
 def test_nginx_stream_proxy_protocol(
-    tmp_path: Path, greenflow_serve: list[Served], balancers: list[Balancer]
+    tmp_path: Path, children: list[Served], balancers: list[Balancer]
 ) -> None:
-    _, url = serve_proxied(greenflow_serve)
+    _, url = serve_proxied(children)
     host, port = host_port(url.replace("tcp+proxy://", "tcp://"))
     front = start_nginx(tmp_path, f"{host}:{port}", balancers)
     for _ in range(2):
@@ -226,7 +217,7 @@ def test_nginx_stream_proxy_protocol(
 # -- the command line's own checks -----------------------------------------------------------
 
 
-def test_serve_trusts_the_networks_it_is_told(greenflow_serve: list[Served]) -> None:
+def test_serve_trusts_the_networks_it_is_told(children: list[Served]) -> None:
     served = Served(
         "proxied_handler:whom",
         "--proxy-protocol",
@@ -240,7 +231,7 @@ def test_serve_trusts_the_networks_it_is_told(greenflow_serve: list[Served]) -> 
         "tcp://127.0.0.1:0",
         cwd=SCRIPTS,
     )
-    greenflow_serve.append(served)
+    children.append(served)
     (url,) = served.wait_for(LISTENING)
     answer, client = ask(host_port(url.replace("tcp+proxy://", "tcp://"))[1])
     assert tuple(answer["peer"]) == client and answer["proxy"] is None  # type: ignore[arg-type]

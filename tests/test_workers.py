@@ -13,25 +13,17 @@ import shutil
 import signal
 import socket
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import gevent
 import pytest
-from test_cli import LISTENING, Served, host_port
+from test_cli import LISTENING, Served, children, host_port
 
 import greenflow
 
 SCRIPTS = Path(__file__).parent / "scripts"
+_FIXTURES = (children,)  # used by name
 READY = re.compile(rb"worker (\d+) ready")
-
-
-@pytest.fixture
-def children() -> Iterator[list[Served]]:
-    made: list[Served] = []
-    yield made
-    for child in made:
-        child.kill()
 
 
 def start(children: list[Served], *args: str, workers: int = 2, cwd: Path = SCRIPTS) -> tuple[Served, int]:
