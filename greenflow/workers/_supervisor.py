@@ -131,6 +131,9 @@ class Supervisor:
 
     :meth:`run` serves until SIGTERM or SIGINT. SIGHUP reloads, SIGTTIN adds
     a worker and SIGTTOU removes one. The supervisor serves no connection.
+    It owns shared listeners from now on and closes them when :meth:`run`
+    returns. A worker's start counts against ``worker_timeout`` too (it
+    beats only once it serves).
     """
 
     def __init__(
