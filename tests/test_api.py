@@ -133,8 +133,8 @@ def test_wsgi_api_is_pinned() -> None:
 
 def test_h11_is_loaded_by_greenflow_wsgi_only() -> None:
     run_fresh(
-        "import sys, greenflow, greenflow.cli; greenflow.cli.build_parser(); assert 'h11' not in sys.modules; "
-        "import greenflow.wsgi; assert 'h11' in sys.modules; print('ok')"
+        "import sys, greenflow, greenflow.cli; greenflow.cli.build_parser(); "
+        "assert 'h11' not in sys.modules; import greenflow.wsgi; assert 'h11' in sys.modules; print('ok')"
     )
 
 

@@ -158,6 +158,7 @@ class RequestBody:
     __slots__ = (
         "_conn",
         "_continue",
+        "_drain_seconds",
         "_drain_timer",
         "_limit",
         "_pending",
@@ -182,6 +183,7 @@ class RequestBody:
         self._limit = limit
         self._continue = send_continue  # None: no 100 Continue to send (any more)
         self.expects_continue = send_continue is not None
+        self._drain_seconds: float | None = None  # set while discarding: the bound of its reads
         self._drain_timer: gevent.Timeout | None = None
         self._pending = bytearray()  # decoded body bytes not yet handed out
         self._raw: bytearray | None = bytearray() if chunked else None
@@ -267,8 +269,7 @@ class RequestBody:
             while self.state is not BodyState.ENDED:
                 if self.received > most:
                     return False
-                if self._drain_timer is None:
-                    self._drain_timer = gevent.Timeout(seconds)  # started by _receive
+                self._drain_seconds = seconds  # a timer starts with the first read of the flow
                 if not self._pull():
                     break
                 self._pending.clear()
@@ -277,6 +278,7 @@ class RequestBody:
                 raise
             return False
         finally:
+            self._drain_seconds = None
             if self._drain_timer is not None:
                 self._drain_timer.close()
                 self._drain_timer = None
@@ -328,9 +330,9 @@ class RequestBody:
             raise BrokenError(f"unexpected {type(event).__name__} in a request body")  # pragma: no cover
 
     def _receive(self) -> None:
-        timer = self._drain_timer
-        if timer is not None and not timer.pending:
-            timer.start()
+        if self._drain_seconds is not None and self._drain_timer is None:
+            self._drain_timer = gevent.Timeout(self._drain_seconds)
+            self._drain_timer.start()
         data = self._reader.read()
         raw = self._raw
         if raw is not None:

@@ -216,7 +216,9 @@ class Response:
             raise RuntimeError("the application returned without calling start_response")
         if self.state is ResponseState.READY:
             self._send_head([], 0)
-        self._flow.write(self._conn.send(h11.EndOfMessage()) or b"")
+        end = self._conn.send(h11.EndOfMessage())
+        if end:  # the last chunk; nothing after a Content-Length body
+            self._flow.write(end)
         self.state = ResponseState.ENDED
 
     def send_error(self, status: int, message: str, close: bool = True) -> None:
