@@ -22,7 +22,7 @@ import pytest
 import greenflow
 import greenflow.testing
 import greenflow.wsgi
-from greenflow import BufferedFlow, Flow
+from greenflow import BufferedFlow
 from greenflow.wsgi._connection import WSGIHandler
 
 import wsgi_apps
@@ -431,7 +431,7 @@ def files(environ: dict[str, Any], start_response: Any) -> Any:
     return wrapper
 
 
-def test_file_wrapper_over_plain_tcp_uses_sendfile() -> None:
+def test_file_wrapper_over_plain_tcp_with_sendfile() -> None:
     with serving(files) as server, connect(server) as flow:
         flow.write(request("/") + request("/part") + request("/", "HEAD"))
         whole = read_reply(flow)
@@ -455,5 +455,65 @@ def test_file_wrapper_iterates() -> None:
         assert file.closed
 
 
-def _unused(flow: Flow) -> None:  # keeps the Flow import for annotations in helpers
-    del flow
+# -- applications that break PEP 3333 ---------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("path", "status"),
+    [
+        ("/write-first", 500),
+        ("/twice", 500),
+        ("/no-start", 500),
+        ("/empty-no-start", 500),
+        ("/bad-header", 500),
+        ("/str-body", 500),
+        ("/bad-length", 500),
+    ],
+)
+def test_misuse_before_the_response_gets_500(path: str, status: int) -> None:
+    with serving(wsgi_apps.misbehaving) as server, connect(server) as flow:
+        flow.write(request(path))
+        assert read_reply(flow).status == status
+        assert at_eof(flow)
+
+
+@pytest.mark.parametrize("path", ["/exc-info-late", "/too-long", "/too-short"])
+def test_misuse_after_the_response_started_closes(path: str) -> None:
+    with serving(wsgi_apps.misbehaving) as server, connect(server) as flow:
+        flow.write(request(path) + request("/hello"))
+        head = flow.read_until(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 200"), head
+        while flow.read():  # whatever came of the body, then the close: the next request is not served
+            pass
+
+
+def test_a_204_sends_no_body() -> None:
+    with serving(wsgi_apps.misbehaving) as server, connect(server) as flow:
+        flow.write(request("/204") + request("/204"))
+        assert read_reply(flow).status == 204
+        assert read_reply(flow).status == 204  # no stray body bytes in between
+
+
+def test_file_wrapper_of_what_sendfile_cannot_send() -> None:
+    with serving(wsgi_apps.misbehaving) as server, connect(server) as flow:
+        flow.write(request("/stringio-file") + request("/sized-file"))
+        assert read_reply(flow).body == b"from memory"
+        assert read_reply(flow).body == DOWNLOAD_BYTES[:100]
+
+
+def test_the_readers_of_wsgi_input() -> None:
+    body = b"abcdefgh\nline two\nthree\nfour\nrest"
+    with serving(wsgi_apps.misbehaving) as server, connect(server) as flow:
+        flow.write(request("/readers", "POST", chunked(body[:11], body[11:]), **CHUNKED))
+        parts = read_reply(flow).body
+    assert (
+        parts == repr([b"abcd", b"efgh\n", [b"line two\n"], [b"three\n", b"four\n", b"rest"], b""]).encode()
+    )
+
+
+def test_a_failed_body_read_fails_again_the_same_way() -> None:
+    with serving(wsgi_apps.misbehaving, max_body_size=3) as server, connect(server) as flow:
+        flow.write(request("/read-after-failure", "POST", chunked(b"toolong"), **CHUNKED))
+        reply = read_reply(flow)
+        assert (reply.status, reply.body) == (200, b"same")
+        assert at_eof(flow)  # the body was not read to its end

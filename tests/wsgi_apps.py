@@ -195,3 +195,76 @@ def stream() -> Response:
 @flask_app.get("/download")
 def download() -> Response:
     return send_file(DOWNLOAD, mimetype="application/octet-stream")
+
+
+def misbehaving(environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
+    """Breaks PEP 3333 in the way its path names (not validated: the server must catch it)."""
+    path = environ["PATH_INFO"]
+    if path == "/write-first":
+        environ["wsgi.input"].read(0)
+        start_response.__self__.write(b"too early")  # type: ignore[attr-defined]
+    if path == "/twice":
+        start_response("200 OK", [])
+        start_response("200 OK", [])
+    if path == "/no-start":
+        return [b"body without a status"]
+    if path == "/empty-no-start":
+        return []
+    if path == "/str-body":
+        start_response("200 OK", [])
+        return ["text"]  # type: ignore[list-item]
+    if path == "/exc-info-late":
+        return _exc_info_late(start_response)
+    if path == "/too-long":
+        start_response("200 OK", [("Content-Length", "3")])
+        return [b"abc", b"def"]
+    if path == "/too-short":
+        start_response("200 OK", [("Content-Length", "10")])
+        return iter([b"abc"])
+    if path == "/bad-length":
+        start_response("200 OK", [("content-length", "many")])
+    if path == "/bad-header":
+        start_response("200 OK", [("Transfer-Encoding", "chunked")])
+    if path == "/stringio-file":
+        import io
+
+        start_response("200 OK", [])
+        return environ["wsgi.file_wrapper"](io.BytesIO(b"from memory"))  # type: ignore[no-any-return]
+    if path == "/sized-file":
+        start_response("200 OK", [("Content-Length", "100")])
+        return environ["wsgi.file_wrapper"](open(DOWNLOAD, "rb"))  # type: ignore[no-any-return]
+    if path == "/readers":
+        stream = environ["wsgi.input"]
+        parts = [
+            stream.readline(4),
+            stream.readline(),
+            stream.readlines(5),
+            stream.readlines(),
+            stream.read(),
+        ]
+        start_response("200 OK", [])
+        return [repr(parts).encode()]
+    if path == "/read-after-failure":
+        stream = environ["wsgi.input"]
+        try:
+            stream.read()
+        except Exception as exc:
+            first = exc
+        try:
+            stream.read(1)
+        except Exception as exc:
+            again = exc
+        start_response("200 OK", [])
+        return [b"same" if again is first else b"different"]
+    start_response("204 No Content", [])
+    return [b"a body a 204 must not have"]
+
+
+def _exc_info_late(start_response: StartResponse) -> Iterator[bytes]:
+    start_response("200 OK", [])
+    yield b"sent "
+    try:
+        raise ValueError("too late to change")
+    except ValueError:
+        start_response("500 Internal Server Error", [], sys.exc_info())
+    yield b"never"

@@ -127,6 +127,7 @@ class Response:
         "_conn",
         "_flow",
         "_headers",
+        "_length",
         "_no_body",
         "_reason",
         "_request_has_no_body",
@@ -145,6 +146,7 @@ class Response:
         self._request_has_no_body = method == b"HEAD"
         self._no_body = True
         self._headers: list[tuple[bytes, bytes]] = []
+        self._length: int | None = None  # the application's Content-Length
         self._reason = b""
         self.status_code = 0
         self.state = ResponseState.NOT_STARTED
@@ -174,6 +176,7 @@ class Response:
             raise RuntimeError("start_response was called again without exc_info")
         self.status_code, self._reason = _check_status(status)
         self._headers = _check_headers(headers)
+        self._length = _content_length(self._headers)
         self._no_body = self._request_has_no_body or self.status_code in _NO_BODY_STATUS
         self.state = ResponseState.READY
         return self.write
@@ -229,6 +232,7 @@ class Response:
             headers.append((b"connection", b"close"))
         self.status_code, self._reason = status, REASONS.get(status, b"Error")
         self._headers = headers
+        self._length = len(body)
         self._no_body = self._request_has_no_body
         self.state = ResponseState.READY
         self._send_head([body], None)
@@ -238,7 +242,7 @@ class Response:
 
     def _send_head(self, data: list[bytes], length: int | None) -> None:
         headers = self._headers
-        if length is not None and not any(name == b"content-length" for name, _ in headers):
+        if length is not None and self._length is None:
             headers.append((b"content-length", b"%d" % length))
         if self._closing:
             headers.append((b"connection", b"close"))
@@ -275,9 +279,8 @@ class Response:
         if not stat.S_ISREG(info.st_mode):
             return False
         size = max(0, info.st_size - offset)
-        given = [value for name, value in self._headers if name == b"content-length"]
-        if given:
-            size = min(size, int(given[0]))
+        if self._length is not None:
+            size = min(size, self._length)
         self._send_head([], size)
         if not self._no_body and size:
             self._conn.send_with_data_passthrough(h11.Data(data=_Placeholder(size)))  # type: ignore[arg-type]
@@ -312,6 +315,15 @@ class _SendfileTimeout(Exception):
 
 
 _SENDFILE_TIMEOUT: Final = _SendfileTimeout()
+
+
+def _content_length(headers: list[tuple[bytes, bytes]]) -> int | None:
+    for name, value in headers:
+        if name.lower() == b"content-length":
+            if not value.isdigit():
+                raise ValueError(f"the Content-Length {value.decode('latin-1')!r} is not a number")
+            return int(value)
+    return None
 
 
 def _check_status(status: Any) -> tuple[int, bytes]:
