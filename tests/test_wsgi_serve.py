@@ -24,10 +24,10 @@ from pathlib import Path
 from typing import Any
 
 import gevent
-import gevent.subprocess
 import pytest
 from gevent import pywsgi
 from test_cli import LISTENING, Served, children, host_port, run_greenflow
+from test_interop_curl import curl
 from test_wsgi import read_reply, request
 
 import greenflow
@@ -57,16 +57,6 @@ def flask_server(url: str, certs: Certs, **listen: Any) -> Iterator[greenflow.Se
     listeners = greenflow.listen_url(url, tls_context=context, **listen)
     with greenflow.Server(greenflow.wsgi.handler(flask_app), *listeners, grace=5) as server:
         yield server
-
-
-def curl(*args: str) -> bytes:
-    result = gevent.subprocess.run(
-        ["curl", "--silent", "--show-error", "--fail", "--max-time", "20", *args],
-        capture_output=True,
-        timeout=30,
-    )
-    assert result.returncode == 0, result.stderr.decode()
-    return bytes(result.stdout)
 
 
 #: How to reach each kind of server: (curl's arguments before the URL, the URL's base).
