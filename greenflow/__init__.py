@@ -26,6 +26,7 @@ from .errors import (
     LimitOverrunError,
 )
 from .flow import DEFAULT_READ_SIZE, Flow, Shutdown
+from .framed import FramedFlow
 from .listeners import (
     Listener,
     ListenerLayer,
@@ -48,6 +49,7 @@ from .sockets import (
     from_socket,
     socketpair,
 )
+from .vsock import connect_vsock_uds, listen_vsock
 
 if TYPE_CHECKING:
     from .tls import TLSCertificateError, TLSError, TLSFlow, TLSTruncatedError, connect_tls
@@ -63,6 +65,7 @@ __all__ = [
     "FlowIO",
     "FlowSocket",
     "FlowTimeout",
+    "FramedFlow",
     "IncompleteReadError",
     "LimitOverrunError",
     "Listener",
@@ -79,6 +82,7 @@ __all__ = [
     "connect_tls",
     "connect_unix",
     "connect_vsock",
+    "connect_vsock_uds",
     "from_fd",
     "from_pipes",
     "from_socket",
@@ -90,6 +94,7 @@ __all__ = [
     "listen_tls",
     "listen_unix",
     "listen_url",
+    "listen_vsock",
     "pipe_pair",
     "socket_bridge",
     "socketpair",

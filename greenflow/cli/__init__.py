@@ -56,6 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _add_serve(commands)
     _add_connect(commands)
+    _add_memtrace(commands)
     return parser
 
 
@@ -78,11 +79,18 @@ def _add_serve(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         action="append",
         metavar="URL",
         help="tcp://HOST:PORT, HOST:PORT, tls://HOST:PORT, unix:/PATH, unix:@NAME, unix+tls:/PATH, "
-        f"fd://N, systemd: or systemd:NAME (repeatable; default {DEFAULT_BIND})",
+        "fd://N, systemd: or systemd:NAME, vsock://CID:PORT, vsock+framed://CID:PORT (hvsock's framing),"
+        f" vsock+tls:// or vsock+framed+tls:// (repeatable; default {DEFAULT_BIND})",
     )
     _add_serve_limits(serve)
     _add_serve_tls(serve)
     add_wsgi_arguments(serve)
+    serve.add_argument(
+        "--memtrace",
+        metavar="URL",
+        help="trace memory from the start: listen:tcp://HOST:PORT (or listen:unix:PATH) for viewers,"
+        " or a collector's tcp:// or unix: URL; SIGUSR2 then stops and starts tracing",
+    )
     serve.add_argument("--backlog", type=positive_int, default=DEFAULT_BACKLOG, help="listen() backlog")
     serve.add_argument("--reuse-port", action="store_true", help="set SO_REUSEPORT on TCP listeners")
     serve.add_argument("--unix-mode", type=octal, metavar="MODE", help="file mode of Unix sockets, e.g. 660")
@@ -91,6 +99,19 @@ def _add_serve(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         default="info",
         choices=["debug", "info", "warning", "error", "critical"],
         help="logging level (default info)",
+    )
+
+
+def _add_memtrace(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    from ..memtrace import command as memtrace_command  # noqa: PLC0415 - the viewer's own tree
+
+    memtrace_command.add_arguments(
+        commands.add_parser(
+            "memtrace",
+            help="watch a traced process's memory: connect, listen, report",
+            description="View the memory trace of a process traced with greenflow.memtrace"
+            " (or greenflow serve --memtrace).",
+        )
     )
 
 
@@ -158,7 +179,8 @@ def _add_connect(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
         "connect",
         help="join stdin and stdout to a connection, like netcat",
         description="Connect to URL (tcp://HOST:PORT, HOST:PORT, tls://HOST:PORT, unix:/PATH, "
-        "unix:@NAME, unix+tls:/PATH or vsock://CID:PORT); join it to stdin/stdout.",
+        "unix:@NAME, unix+tls:/PATH, vsock://CID:PORT, vsock+framed://CID:PORT, or a guest's vsock PORT"
+        " through its VMM's Unix socket: vsock+uds:/PATH:PORT); join it to stdin/stdout.",
     )
     connect.add_argument("url", metavar="URL")
     connect.add_argument("--timeout", type=seconds, metavar="SECONDS", help="connect timeout (default 30)")
@@ -194,6 +216,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "serve":
             return serve(args, args.bind or [DEFAULT_BIND])
+        if args.command == "memtrace":
+            from ..memtrace import command as memtrace_command  # noqa: PLC0415
+
+            return memtrace_command.run(args)
         return connect(args)
     except CommandError as exc:
         say(str(exc))
