@@ -37,6 +37,7 @@ from ..server import DEFAULT_GRACE, default_max_connections
 from ._common import CommandError, octal, positive_int, say, seconds
 from ._connect import connect, join_stdio, open_url, until_signalled
 from ._serve import DEFAULT_FIRST_DATA_TIMEOUT, load_handler, serve
+from ._wsgi import DEFAULT_HANDLER, add_wsgi_arguments
 
 __all__ = ["DEFAULT_BIND", "build_parser", "main"]
 
@@ -68,7 +69,7 @@ def _add_serve(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     serve.add_argument(
         "handler",
         nargs="?",
-        default="echo",
+        default=DEFAULT_HANDLER,
         metavar="HANDLER",
         help="MODULE:FUNCTION called as function(flow) per connection, or echo or discard (default: echo)",
     )
@@ -83,6 +84,7 @@ def _add_serve(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     )
     _add_serve_limits(serve)
     _add_serve_tls(serve)
+    add_wsgi_arguments(serve)
     serve.add_argument(
         "--memtrace",
         metavar="URL",
