@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 
 from .adapters import FlowIO, FlowSocket, socket_bridge
 from .buffered import BufferedFlow
+from .copying import CopyStats, ProxyStats, copy, proxy
 from .errors import (
     BrokenError,
     BusyError,
@@ -38,6 +39,7 @@ from .listeners import (
     listen_url,
 )
 from .pipes import PipeFlow, from_pipes, pipe_pair
+from .scope import Scope
 from .server import Server, idle
 from .sockets import (
     SocketFlow,
@@ -58,6 +60,7 @@ __all__ = [
     "BufferedFlow",
     "BusyError",
     "ClosedError",
+    "CopyStats",
     "Flow",
     "FlowError",
     "FlowIO",
@@ -68,6 +71,8 @@ __all__ = [
     "Listener",
     "ListenerLayer",
     "PipeFlow",
+    "ProxyStats",
+    "Scope",
     "Server",
     "Shutdown",
     "SocketFlow",
@@ -79,6 +84,7 @@ __all__ = [
     "connect_tls",
     "connect_unix",
     "connect_vsock",
+    "copy",
     "from_fd",
     "from_pipes",
     "from_socket",
@@ -91,6 +97,7 @@ __all__ = [
     "listen_unix",
     "listen_url",
     "pipe_pair",
+    "proxy",
     "socket_bridge",
     "socketpair",
 ]
