@@ -47,9 +47,7 @@ class CopyStats:
         return f"{self.bytes} bytes in {self.reads} reads and {self.writes} writes, {self.seconds:.3f} s"
 
 
-def copy(
-    src: Flow, dst: Flow, *, shutdown: bool = True, buffer_size: int = DEFAULT_READ_SIZE
-) -> CopyStats:
+def copy(src: Flow, dst: Flow, *, shutdown: bool = True, buffer_size: int = DEFAULT_READ_SIZE) -> CopyStats:
     """Copy everything ``src`` sends to ``dst``, until ``src``'s EOF.
 
     Reads into one buffer of ``buffer_size`` bytes, reused for every chunk,

@@ -25,7 +25,7 @@ import stat
 from .descriptors import DescriptorFlow
 from .flow import Buffer
 from .kit import check_timeout
-from .scope import Scope, joined
+from .scope import Scope, joined, joined_pair
 
 __all__ = ["PipeFlow", "from_pipes", "pipe_pair"]
 
@@ -138,7 +138,8 @@ def pipe_pair(*, timeout: float | None = None, scope: Scope | None = None) -> tu
     check_timeout(timeout)
     left_read, right_write = os.pipe()
     right_read, left_write = os.pipe()
-    return (
-        from_pipes(left_read, left_write, timeout=timeout, scope=scope),
-        from_pipes(right_read, right_write, timeout=timeout, scope=scope),
+    pair = (
+        from_pipes(left_read, left_write, timeout=timeout),
+        from_pipes(right_read, right_write, timeout=timeout),
     )
+    return joined_pair(pair, scope)

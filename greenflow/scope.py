@@ -26,7 +26,7 @@ from typing import Protocol, TypeVar
 
 import gevent
 
-__all__ = ["Closeable", "Scope", "ScopeState", "joined"]
+__all__ = ["Closeable", "Scope", "ScopeState", "joined", "joined_pair"]
 
 
 class Closeable(Protocol):
@@ -116,7 +116,9 @@ class Scope:
         self._join(_Entry(hook, hook))
         return hook
 
-    def spawn(self, function: Callable[..., object], *args: object, **kwargs: object) -> gevent.Greenlet:
+    def spawn(
+        self, function: Callable[..., object], *args: object, **kwargs: object
+    ) -> gevent.Greenlet[..., object]:
         """Start ``function(*args, **kwargs)`` in a greenlet that the scope kills when it ends.
 
         The kill waits for the greenlet to unwind (its ``finally`` blocks run).
@@ -230,3 +232,13 @@ def joined(flow: C, scope: Scope | None) -> C:
     if scope is not None:
         scope.add(flow)
     return flow
+
+
+def joined_pair(pair: tuple[C, C], scope: Scope | None) -> tuple[C, C]:
+    """As :func:`joined`, for the two flows of a pair: both join, or (scope ended) both are closed."""
+    if scope is not None:
+        try:
+            scope.add(pair[0])
+        finally:
+            scope.add(pair[1])  # an ended scope closes this one too, and raises as for the first
+    return pair

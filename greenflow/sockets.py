@@ -24,7 +24,7 @@ from .addresses import format_address, numeric_address
 from .descriptors import DescriptorFlow, broken_error, wait_ready
 from .errors import BrokenError, FlowError
 from .kit import DirectionState, check_timeout, start_timer
-from .scope import Scope, joined
+from .scope import Scope, joined, joined_pair
 
 __all__ = [
     "LINGER_TIMEOUT",
@@ -270,7 +270,7 @@ def socketpair(*, timeout: float | None = None, scope: Scope | None = None) -> t
     """Return two flows connected to each other through a Unix socketpair."""
     check_timeout(timeout)
     left, right = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-    return joined(SocketFlow(left, timeout=timeout), scope), joined(SocketFlow(right, timeout=timeout), scope)
+    return joined_pair((SocketFlow(left, timeout=timeout), SocketFlow(right, timeout=timeout)), scope)
 
 
 def connect_tcp(
@@ -344,7 +344,9 @@ def _connect_failure(target: str, failures: list[tuple[str, str]]) -> str:
     return f"could not connect to {target}: {tried}"
 
 
-def connect_unix(path: str | bytes, *, timeout: float | None = None, scope: Scope | None = None) -> SocketFlow:
+def connect_unix(
+    path: str | bytes, *, timeout: float | None = None, scope: Scope | None = None
+) -> SocketFlow:
     """Connect to the Unix socket at ``path`` (a leading NUL: abstract namespace).
 
     The flow's ``peer_address`` is ``path``, even where the server bound its
@@ -352,7 +354,9 @@ def connect_unix(path: str | bytes, *, timeout: float | None = None, scope: Scop
     """
     name = os.fsdecode(path)
     # An abstract name is reported as the socket says it (bytes); a path as the str it named.
-    flow = _connect_family(socket.AF_UNIX, path, timeout, peer_address=None if name.startswith("\0") else name)
+    flow = _connect_family(
+        socket.AF_UNIX, path, timeout, peer_address=None if name.startswith("\0") else name
+    )
     return joined(flow, scope)
 
 

@@ -22,7 +22,7 @@ MiB = 1 << 20
 
 
 def _tls_tcp() -> Pair:
-    from pairs import tcp_pair  # noqa: PLC0415
+    from pairs import tcp_pair
 
     client_ctx, server_ctx = contexts(shared_certs())
     return tls_over(tcp_pair, client_ctx, server_ctx)
@@ -102,7 +102,9 @@ def test_copy_raises_the_flows_error_and_refuses_a_bad_buffer() -> None:
 # -- proxy ----------------------------------------------------------------------------
 
 
-def _through_proxy(make: Callable[[], Pair], idle_timeout: float | None = None) -> tuple[Flow, Flow, gevent.Greenlet]:
+def _through_proxy(
+    make: Callable[[], Pair], idle_timeout: float | None = None
+) -> tuple[Flow, Flow, gevent.Greenlet]:
     """client <-> [a  proxy  b] <-> server, over two pairs made by ``make``."""
     client, a = make()
     b, server = make()
