@@ -37,6 +37,7 @@ from ..server import DEFAULT_GRACE, default_max_connections
 from ._common import CommandError, octal, positive_int, say, seconds
 from ._connect import connect, join_stdio, open_url, until_signalled
 from ._serve import DEFAULT_FIRST_DATA_TIMEOUT, load_handler, serve
+from ._tunnel import add_tunnel, tunnel
 
 __all__ = ["DEFAULT_BIND", "build_parser", "main"]
 
@@ -55,6 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _add_serve(commands)
     _add_connect(commands)
+    add_tunnel(commands)
     return parser
 
 
@@ -192,6 +194,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "serve":
             return serve(args, args.bind or [DEFAULT_BIND])
+        if args.command == "tunnel":
+            return tunnel(args)
         return connect(args)
     except CommandError as exc:
         say(str(exc))
