@@ -162,6 +162,12 @@ def _add_connect(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
     )
     connect.add_argument("url", metavar="URL")
     connect.add_argument("--timeout", type=seconds, metavar="SECONDS", help="connect timeout (default 30)")
+    connect.add_argument(
+        "--progress",
+        choices=["auto", "always", "never"],
+        default="auto",
+        help="show bytes and rate on stderr (auto: if stderr is a terminal, unless stdin and stdout are)",
+    )
     tls = connect.add_argument_group("TLS (for tls:// and unix+tls: URLs)")
     tls.add_argument("--cafile", type=Path, help="trust these CA certificates (PEM) instead of the system's")
     tls.add_argument("--certfile", type=Path, help="a client certificate chain (PEM) to present")
