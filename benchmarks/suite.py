@@ -29,7 +29,7 @@ from ._harness import (
 from ._harness import write_markdown as _write_markdown
 
 #: Workload families, in the order they run; each module has workloads(quick).
-MODULES = ("streams", "writev", "connections", "tls", "idle_memory", "buffered")
+MODULES = ("streams", "writev", "connections", "tls", "idle_memory", "buffered", "copy")
 
 #: The goals of the benchmark issue, as ratios to each workload's baseline.
 TARGETS = [
@@ -41,6 +41,7 @@ TARGETS = [
     Target("tls_pingpong", "greenflow.tls", minimum=1.0),
     Target("idle_memory", "greenflow.Server", maximum=1.0, note="bytes per idle connection"),
     Target("writev_256", "greenflow writev", minimum=2.3),
+    Target("copy_bulk", "greenflow.copy", minimum=0.95, note="against the raw gevent relay loop"),
 ]
 
 HERE = Path(__file__).resolve().parent
