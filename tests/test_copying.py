@@ -8,6 +8,7 @@ import struct
 from collections.abc import Callable
 
 import gevent
+import gevent.subprocess
 import pytest
 
 import greenflow
@@ -249,11 +250,7 @@ def test_pipes_between_processes() -> None:
     """A child process at one end (cat), through proxy, to a socket pair at the other."""
     to_child_r, to_child_w = os.pipe()
     from_child_r, from_child_w = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # pragma: no cover - the child
-        os.dup2(to_child_r, 0)
-        os.dup2(from_child_w, 1)
-        os.execvp("cat", ["cat"])
+    cat = gevent.subprocess.Popen(["cat"], stdin=to_child_r, stdout=from_child_w)
     os.close(to_child_r)
     os.close(from_child_w)
     child = greenflow.from_pipes(from_child_r, to_child_w)
@@ -265,4 +262,4 @@ def test_pipes_between_processes() -> None:
     sender.get(timeout=10)
     assert running.get(timeout=10).error is None
     outside.close()
-    os.waitpid(pid, 0)
+    assert cat.wait(timeout=10) == 0

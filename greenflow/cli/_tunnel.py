@@ -21,7 +21,6 @@ import contextlib
 import ipaddress
 import logging
 import signal
-import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,7 +37,7 @@ from ..server import DEFAULT_GRACE, Server, default_max_connections
 from ..sockets import from_fd
 from ._common import USAGE, CommandError, describe_error, load_tls_context, positive_int, say, seconds
 from ._connect import _open_transport
-from ._serve import _said_already
+from ._serve import configure_logging
 
 if TYPE_CHECKING:
     from OpenSSL import SSL
@@ -202,13 +201,7 @@ class Plan:
 
 def tunnel(args: argparse.Namespace) -> int:
     """Run ``greenflow tunnel``; returns the exit status."""
-    logging.basicConfig(
-        level=args.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
-    for log_handler in logging.getLogger().handlers:
-        log_handler.addFilter(_said_already)
+    configure_logging(args.log_level)
     plan = _plan(args)
     with contextlib.ExitStack() as cleanup:
         certificates = _certificates(args, plan, cleanup)
