@@ -87,8 +87,13 @@ def _bulk_sync(
     return total / elapsed
 
 
-def bulk_greenflow(family: int, total: int, timeout: float, *, into: bool) -> Measurement:
+def bulk_greenflow(
+    family: int, total: int, timeout: float, *, into: bool, layer: Callable[[Any], Any] | None = None
+) -> Measurement:
+    """greenflow socket flows, or ``layer`` over each of them (the framed benchmark's)."""
     client, server = flow_pair(family)
+    if layer is not None:
+        client, server = layer(client), layer(server)
     try:
         if into:
             buffer = bytearray(CHUNK)

@@ -29,7 +29,17 @@ from ._harness import (
 from ._harness import write_markdown as _write_markdown
 
 #: Workload families, in the order they run; each module has workloads(quick).
-MODULES = ("streams", "writev", "connections", "tls", "idle_memory", "buffered", "copy")
+MODULES = (
+    "streams",
+    "writev",
+    "connections",
+    "tls",
+    "idle_memory",
+    "buffered",
+    "framed",
+    "memtrace",
+    "copy",
+)
 
 #: The goals of the benchmark issue, as ratios to each workload's baseline.
 TARGETS = [
@@ -41,6 +51,7 @@ TARGETS = [
     Target("tls_pingpong", "greenflow.tls", minimum=1.0),
     Target("idle_memory", "greenflow.Server", maximum=1.0, note="bytes per idle connection"),
     Target("writev_256", "greenflow writev", minimum=2.3),
+    Target("framed_bulk", "FramedFlow read_into", minimum=0.8, note="against the plain flow under it"),
     Target("copy_bulk", "greenflow.copy", minimum=0.95, note="against the raw gevent relay loop"),
 ]
 

@@ -27,6 +27,7 @@ from .errors import (
     LimitOverrunError,
 )
 from .flow import DEFAULT_READ_SIZE, Flow, Shutdown
+from .framed import FramedFlow
 from .listeners import (
     Listener,
     ListenerLayer,
@@ -50,6 +51,7 @@ from .sockets import (
     from_socket,
     socketpair,
 )
+from .vsock import connect_vsock_uds, listen_vsock
 
 if TYPE_CHECKING:
     from .tls import TLSCertificateError, TLSError, TLSFlow, TLSTruncatedError, connect_tls
@@ -66,6 +68,7 @@ __all__ = [
     "FlowIO",
     "FlowSocket",
     "FlowTimeout",
+    "FramedFlow",
     "IncompleteReadError",
     "LimitOverrunError",
     "Listener",
@@ -84,6 +87,7 @@ __all__ = [
     "connect_tls",
     "connect_unix",
     "connect_vsock",
+    "connect_vsock_uds",
     "copy",
     "from_fd",
     "from_pipes",
@@ -96,6 +100,7 @@ __all__ = [
     "listen_tls",
     "listen_unix",
     "listen_url",
+    "listen_vsock",
     "pipe_pair",
     "proxy",
     "socket_bridge",

@@ -646,3 +646,23 @@ def test_stunnel_behind_the_tunnel(tunnels: Callable[..., Tunnel], certs: Certs,
             )
             check_half_close(greenflow.connect_tcp("127.0.0.1", tunnel.port, timeout=20))
             assert tunnel.stop() == 0
+
+
+def _vsock_loopback_port() -> int:
+    if not hasattr(socket, "AF_VSOCK"):
+        pytest.skip("no AF_VSOCK on this system")
+    try:
+        with socket.socket(socket.AF_VSOCK, socket.SOCK_STREAM) as probe:
+            probe.bind((1, socket.VMADDR_PORT_ANY))
+            return int(probe.getsockname()[1])
+    except OSError as exc:
+        pytest.skip(f"the kernel has no vsock loopback: {exc}")
+
+
+def test_a_vsock_listener(tunnels: Callable[..., Tunnel]) -> None:
+    port = _vsock_loopback_port()
+    with backend(reply_after_eof) as server:
+        tunnel = tunnels("--listen", f"vsock://1:{port}", "--to", tcp_url(server))
+        tunnel.wait_for(LISTENING)
+        check_half_close(greenflow.connect_vsock(1, port, timeout=20))
+        assert tunnel.stop() == 0

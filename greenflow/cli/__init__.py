@@ -56,6 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _add_serve(commands)
     _add_connect(commands)
+    _add_memtrace(commands)
     add_tunnel(commands)
     return parser
 
@@ -83,6 +84,12 @@ def _add_serve(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     )
     _add_serve_limits(serve)
     _add_serve_tls(serve)
+    serve.add_argument(
+        "--memtrace",
+        metavar="URL",
+        help="trace memory from the start: listen:tcp://HOST:PORT (or listen:unix:PATH) for viewers,"
+        " or a collector's tcp:// or unix: URL; SIGUSR2 then stops and starts tracing",
+    )
     serve.add_argument("--backlog", type=positive_int, default=DEFAULT_BACKLOG, help="listen() backlog")
     serve.add_argument("--reuse-port", action="store_true", help="set SO_REUSEPORT on TCP listeners")
     serve.add_argument("--unix-mode", type=octal, metavar="MODE", help="file mode of Unix sockets, e.g. 660")
@@ -91,6 +98,19 @@ def _add_serve(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         default="info",
         choices=["debug", "info", "warning", "error", "critical"],
         help="logging level (default info)",
+    )
+
+
+def _add_memtrace(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    from ..memtrace import command as memtrace_command  # noqa: PLC0415 - the viewer's own tree
+
+    memtrace_command.add_arguments(
+        commands.add_parser(
+            "memtrace",
+            help="watch a traced process's memory: connect, listen, report",
+            description="View the memory trace of a process traced with greenflow.memtrace"
+            " (or greenflow serve --memtrace).",
+        )
     )
 
 
@@ -200,6 +220,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "serve":
             return serve(args, args.bind or [DEFAULT_BIND])
+        if args.command == "memtrace":
+            from ..memtrace import command as memtrace_command  # noqa: PLC0415
+
+            return memtrace_command.run(args)
         if args.command == "tunnel":
             return tunnel(args)
         return connect(args)

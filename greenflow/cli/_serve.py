@@ -56,6 +56,10 @@ def serve(args: argparse.Namespace, binds: list[str]) -> int:
             connection_deadline=args.deadline,
         )
         server.start()
+        if args.memtrace:
+            from .. import memtrace  # noqa: PLC0415 - tracemalloc only when asked for
+
+            cleanup.callback(memtrace.install(args.memtrace))
 
         def on_signal(signum: int) -> None:
             if server.serving:

@@ -1,7 +1,7 @@
 """``greenflow tunnel --listen URL --to URL``: a port forwarder, TLS terminator or originator.
 
 Every connection accepted on the listener (any ``--bind`` URL: TCP, TLS,
-Unix, an inherited descriptor, systemd) is joined to a new connection to the
+Unix, vsock, an inherited descriptor, systemd) is joined to a new connection to the
 target (TCP, TLS, Unix, vsock, or a connected descriptor) with
 :func:`greenflow.proxy`, so each half-close travels end to end. On a TLS
 listener ``--route NAME=URL`` picks the target by the name the client asked
@@ -35,6 +35,7 @@ from ..flow import Flow
 from ..listeners import Listener, listen_url
 from ..server import DEFAULT_GRACE, Server, default_max_connections
 from ..sockets import from_fd
+from ..vsock import listen_vsock
 from ._common import USAGE, CommandError, describe_error, load_tls_context, positive_int, say, seconds
 from ._connect import _open_transport
 from ._serve import configure_logging
@@ -80,7 +81,10 @@ def add_tunnel(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "(or to the --route its TLS server name picks), half-closes kept end to end.",
     )
     parser.add_argument(
-        "--listen", required=True, metavar="URL", help="tcp://, tls://, unix:, unix+tls:, fd://N, systemd:"
+        "--listen",
+        required=True,
+        metavar="URL",
+        help="tcp://, tls://, unix:, unix+tls:, vsock://, fd://N, systemd:",
     )
     parser.add_argument(
         "--to", metavar="URL", help="the target: tcp://, tls://, unix:, unix+tls:, vsock://, fd://N"
@@ -389,7 +393,10 @@ def _listeners(args: argparse.Namespace, plan: Plan, certificates: Certificates 
             path=endpoint.path,
         )
     try:
-        made = listen_url(str(plain))
+        if endpoint.scheme is Scheme.VSOCK:  # listen_url has no vsock yet; listen_vsock has
+            made = [listen_vsock(endpoint.cid, endpoint.port)]
+        else:
+            made = listen_url(str(plain))
     except (OSError, ValueError) as exc:
         raise CommandError(describe_error(exc).replace(str(plain), endpoint.url)) from exc
     if not made:

@@ -1,0 +1,61 @@
+"""The framed flow's bulk rate against the plain flow it runs over.
+
+Unix-socket bulk as in ``streams``: the client writes ``total`` bytes in
+64 KiB writes of one reused payload, then shuts down writing; the server
+reads to EOF 64 KiB at a time and counts. The rows differ only in the layer:
+
+- ``plain flow`` (the baseline): greenflow socket flows, ``read_into``;
+- ``FramedFlow read_into`` and ``FramedFlow read``: the same flows under
+  :class:`greenflow.FramedFlow`, whose writes go out as 4 KiB frames (16
+  headers and bodies in one gather write per 64 KiB) and whose reads parse
+  many frames per block read from the socket.
+
+The framing's cost is the ratio: a header per 4 KiB, one more copy on the
+reading side, and the Python that cuts and parses frames.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib
+import socket
+from typing import Any
+
+from ._common import GiB, Measurement, MiB, Skip
+from ._harness import Case, Workload
+from .streams import bulk_greenflow
+
+
+def _framed_flow_class() -> Any:
+    """greenflow.FramedFlow, or a skip while the framed layer has not landed."""
+    framed = getattr(importlib.import_module("greenflow"), "FramedFlow", None)
+    if framed is None:
+        raise Skip("skipped: greenflow.FramedFlow not available")
+    return framed
+
+
+def bulk(total: int, timeout: float, *, framing: bool, into: bool) -> Measurement:
+    layer = _framed_flow_class() if framing else None
+    return bulk_greenflow(socket.AF_UNIX, total, timeout, into=into, layer=layer)
+
+
+def workloads(quick: bool) -> list[Workload]:
+    total = 4 * MiB if quick else GiB
+    timeout = 20.0 if quick else 120.0
+    cases = [
+        Case("plain flow", functools.partial(bulk, total, timeout, framing=False, into=True), baseline=True),
+        Case("FramedFlow read_into", functools.partial(bulk, total, timeout, framing=True, into=True)),
+        Case("FramedFlow read", functools.partial(bulk, total, timeout, framing=True, into=False)),
+    ]
+    size = f"{total // GiB} GiB" if total >= GiB else f"{total // MiB} MiB"
+    return [
+        Workload(
+            name="framed_bulk",
+            family="framed",
+            title="Framed bulk (Unix socket)",
+            unit="MiB/s",
+            higher_is_better=True,
+            size=f"{size} in 64 KiB writes (4 KiB frames), read to EOF 64 KiB at a time",
+            cases=cases,
+        )
+    ]
