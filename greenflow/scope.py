@@ -7,7 +7,7 @@ switch is turned off) every one of them is closed once, the last joined
 first. A cleanup that fails does not stop the others: every error is
 collected, and the errors are raised together at the end.
 
-Every flow constructor takes ``scope=``: the flow joins the scope as it is
+The flow constructors take ``scope=``: the flow joins the scope as it is
 made, so that no code path between making it and joining it can leak it::
 
     with greenflow.Scope() as scope:
@@ -225,7 +225,7 @@ def _run(entries: list[_Entry]) -> list[BaseException]:
 
 
 def joined(flow: C, scope: Scope | None) -> C:
-    """``flow``, joined to ``scope`` if one is given: what every flow constructor returns through.
+    """``flow``, joined to ``scope`` if one is given: what the flow constructors return through.
 
     When ``scope`` has ended, ``flow`` is closed and ``ValueError`` raised.
     """

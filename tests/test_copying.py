@@ -198,19 +198,19 @@ def test_a_reset_on_either_side_ends_it_with_the_error(side: str) -> None:
 
 
 def test_the_idle_timeout_counts_data_either_way() -> None:
-    client, server, running = _through_proxy(SOCKET_PAIRS["socketpair"], idle_timeout=0.3)
-    for _ in range(4):  # 0.6 s of traffic in all, first one way then the other
+    client, server, running = _through_proxy(SOCKET_PAIRS["socketpair"], idle_timeout=1.0)
+    for _ in range(6):  # 1.2 s of traffic in all, longer than the timeout: each way keeps it alive
         client.write(b"ping")
         assert server.read() == b"ping"
-        gevent.sleep(0.075)
+        gevent.sleep(0.1)
         server.write(b"pong")
         assert client.read() == b"pong"
-        gevent.sleep(0.075)
+        gevent.sleep(0.1)
     assert not running.ready()
     stats = running.get(timeout=5)
     assert stats.end is ProxyEnd.IDLE
     assert isinstance(stats.error, FlowTimeout)
-    assert stats.seconds >= 0.6
+    assert stats.seconds >= 2.0  # 1.1 s from the first byte to the last, then a full second of silence
     assert client.read() == b""  # both flows were closed: the peers see EOF
     assert server.read() == b""
     client.close()

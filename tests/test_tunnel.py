@@ -330,9 +330,10 @@ def test_the_allow_list_by_pin_or_name(admitted: bool, tunnels: Callable[..., Tu
         if admitted:
             check_half_close(flow)
         else:
-            flow.write(b"let me in")
-            flow.shutdown("write")
-            assert _read_all(flow) == b""
+            with contextlib.suppress(greenflow.BrokenError):  # refused: closed, maybe before our write
+                flow.write(b"let me in")
+                flow.shutdown("write")
+                assert _read_all(flow) == b""
             flow.close()
             tunnel.wait_for(r"refused: the client certificate \(.*\) is not on the allow-list")
         assert tunnel.stop() == 0
@@ -399,7 +400,11 @@ def test_sni_routing_to_two_backends(tunnels: Callable[..., Tunnel], certs: Cert
         assert ask("alpha.example") == b"alpha"
         assert ask("ALPHA.example") == b"alpha"
         assert ask("one.beta.example") == b"beta"
-        assert ask("two.one.beta.example") == b""  # a wildcard matches one label only
+        try:  # a wildcard matches one label only: the tunnel closes, and our write may find it gone
+            refused = ask("two.one.beta.example")
+        except greenflow.BrokenError:
+            refused = b""
+        assert refused == b""
         tunnel.wait_for(r"no route for the server name 'two\.one\.beta\.example', and no --to")
         assert tunnel.stop() == 0
 
@@ -506,11 +511,17 @@ def test_the_idle_timeout_ends_a_quiet_connection(tunnels: Callable[..., Tunnel]
 
 
 def test_sigterm_lets_open_connections_finish(tunnels: Callable[..., Tunnel]) -> None:
-    with backend(reply_after_eof) as server:
+    reached = Event()
+
+    def handler(flow: Flow) -> None:
+        reached.set()
+        reply_after_eof(flow)
+
+    with backend(handler) as server:
         tunnel = tunnels("--listen", "tcp://127.0.0.1:0", "--to", tcp_url(server))
         flow = greenflow.connect_tcp("127.0.0.1", tunnel.port, timeout=20)
         flow.write(b"the whole ")
-        gevent.sleep(0.2)  # the connection reaches the backend before the stop begins
+        assert reached.wait(20)  # the connection is through to the backend before the stop begins
         tunnel.process.send_signal(signal.SIGTERM)
         tunnel.wait_for("SIGTERM: stopping")
         flow.write(b"request")
