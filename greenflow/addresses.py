@@ -15,6 +15,12 @@ logs and error messages:
 ``systemd:``, ``systemd:NAME``    sockets from systemd socket activation (all,
                                   or those named NAME in ``LISTEN_FDNAMES``)
 ``vsock://CID:PORT``              AF_VSOCK
+``vsock+tls://CID:PORT``          TLS over AF_VSOCK
+``vsock+framed://CID:PORT``       AF_VSOCK with hvsock's framed shutdown
+                                  protocol (``vsock+framed+tls://``: TLS over it)
+``vsock+uds:/path:PORT``          a guest's vsock PORT through its VMM's Unix
+                                  socket (Firecracker, Cloud Hypervisor);
+                                  ``vsock+uds+framed:`` with the framing
 ================================  ==============================================
 
 :func:`parse_url` turns one into an :class:`Endpoint`, a small frozen value
@@ -63,12 +69,22 @@ class Scheme(enum.Enum):
     FD = "fd"
     SYSTEMD = "systemd"
     VSOCK = "vsock"
+    VSOCK_TLS = "vsock+tls"
+    VSOCK_FRAMED = "vsock+framed"
+    VSOCK_FRAMED_TLS = "vsock+framed+tls"
+    VSOCK_UDS = "vsock+uds"
+    VSOCK_UDS_FRAMED = "vsock+uds+framed"
 
 
 #: An IP socket address: ``(host, port)``, or IPv6's ``(host, port, flowinfo, scope_id)``.
 SocketAddress: TypeAlias = tuple[str, int] | tuple[str, int, int, int]
 
 _SCHEMES: Final = {scheme.value: scheme for scheme in Scheme}
+_TLS_SCHEMES: Final = frozenset({Scheme.TLS, Scheme.UNIX_TLS, Scheme.VSOCK_TLS, Scheme.VSOCK_FRAMED_TLS})
+_FRAMED_SCHEMES: Final = frozenset({Scheme.VSOCK_FRAMED, Scheme.VSOCK_FRAMED_TLS, Scheme.VSOCK_UDS_FRAMED})
+_VSOCK_SCHEMES: Final = frozenset(
+    {Scheme.VSOCK, Scheme.VSOCK_TLS, Scheme.VSOCK_FRAMED, Scheme.VSOCK_FRAMED_TLS}
+)
 
 
 @dataclass(frozen=True)
@@ -80,7 +96,10 @@ class Endpoint:
       namespace (as ``socket.bind`` takes it);
     - ``FD``: ``fd``;
     - ``SYSTEMD``: ``name`` (empty: every activated socket);
-    - ``VSOCK``: ``cid`` and ``port``.
+    - ``VSOCK`` and its ``+tls``, ``+framed`` and ``+framed+tls`` forms:
+      ``cid`` and ``port``;
+    - ``VSOCK_UDS``, ``VSOCK_UDS_FRAMED``: ``path`` (the VMM's Unix socket)
+      and ``port`` (the guest's vsock port).
 
     The other fields keep their defaults. ``url`` is the text as given (for
     messages); ``str()`` gives the canonical spelling.
@@ -97,8 +116,18 @@ class Endpoint:
 
     @property
     def tls(self) -> bool:
-        """Whether the URL asks for TLS (``tls://``, ``unix+tls:``)."""
-        return self.scheme in (Scheme.TLS, Scheme.UNIX_TLS)
+        """Whether the URL asks for TLS (``tls://``, ``unix+tls:``, ``vsock+tls://``, ...)."""
+        return self.scheme in _TLS_SCHEMES
+
+    @property
+    def framed(self) -> bool:
+        """Whether the URL asks for hvsock's framed protocol (``vsock+framed://``, ...)."""
+        return self.scheme in _FRAMED_SCHEMES
+
+    @property
+    def vsock(self) -> bool:
+        """Whether the URL names an AF_VSOCK socket (``vsock://`` and its ``+`` forms)."""
+        return self.scheme in _VSOCK_SCHEMES
 
     def __str__(self) -> str:
         scheme = self.scheme
@@ -110,7 +139,9 @@ class Endpoint:
             return f"fd://{self.fd}"
         if scheme is Scheme.SYSTEMD:
             return f"systemd:{self.name}"
-        return f"vsock://{self.cid}:{self.port}"
+        if scheme in (Scheme.VSOCK_UDS, Scheme.VSOCK_UDS_FRAMED):
+            return f"{scheme.value}:{self.path}:{self.port}"
+        return f"{scheme.value}://{self.cid}:{self.port}"
 
     def __repr__(self) -> str:
         return f"Endpoint({str(self)!r})"
@@ -151,9 +182,15 @@ def parse_url(url: str, *, kind: str = "an address URL") -> Endpoint:
         if not (number.isascii() and number.isdigit()):
             raise _error(url, kind, "it does not name a descriptor number (fd://3)")
         return Endpoint(scheme, fd=int(number), url=url)
+    if scheme in (Scheme.VSOCK_UDS, Scheme.VSOCK_UDS_FRAMED):
+        path, colon, port_text = rest.rpartition(":")
+        if not colon or not path:
+            raise _error(url, kind, f"it should look like {scheme.value}:/run/vm/v.sock:PORT")
+        port = _number(port_text, _MAX_VSOCK, "port", url, kind)
+        return Endpoint(scheme, path=_unix_path(path, url, kind), port=port, url=url)
     if not rest.startswith("//"):
-        raise _error(url, kind, f"it should look like {scheme.value}://{_EXAMPLES[scheme]}")
-    if scheme is Scheme.VSOCK:
+        raise _error(url, kind, f"it should look like {scheme.value}://{_EXAMPLES.get(scheme, 'CID:PORT')}")
+    if scheme in _VSOCK_SCHEMES:
         cid, port = _vsock_address(rest[2:], url, kind)
         return Endpoint(scheme, cid=cid, port=port, url=url)
     host, port = parse_host_port(rest[2:], url, kind=kind)

@@ -474,8 +474,21 @@ def _listen_endpoint(
                 handshake_timeout=handshake_timeout,
             )
         ]
-    if scheme is Scheme.VSOCK:
-        raise ValueError("vsock listeners are not supported yet (there is connect_vsock, no listen_vsock)")
+    if endpoint.vsock:
+        from .vsock import listen_vsock  # noqa: PLC0415 - vsock.py builds on this module
+
+        return [
+            listen_vsock(
+                endpoint.cid,
+                endpoint.port,
+                framed=endpoint.framed,
+                backlog=backlog,
+                tls_context=context,
+                handshake_timeout=handshake_timeout,
+            )
+        ]
+    if scheme in (Scheme.VSOCK_UDS, Scheme.VSOCK_UDS_FRAMED):
+        raise ValueError("a vsock+uds: URL is for connecting to a guest through its VMM, not for listening")
     return [
         listen_tcp(
             endpoint.host,
@@ -493,6 +506,8 @@ def _listen_error(exc: OSError | ValueError, endpoint: Endpoint) -> OSError | Va
     url = endpoint.url or str(endpoint)
     if isinstance(exc, ValueError):
         return ValueError(f"cannot listen on {url}: {exc}")
+    if (exc.strerror or "").startswith("cannot listen on "):
+        return exc  # named already, by the listen_* function itself (listen_vsock)
     reason = exc.strerror or str(exc)
     if exc.errno == errno.EBADF and endpoint.scheme is Scheme.FD:
         reason = f"descriptor {endpoint.fd} is not open"

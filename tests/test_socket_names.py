@@ -122,9 +122,15 @@ def test_a_descriptor_that_is_not_a_listening_socket_names_the_url() -> None:
         assert idle.fileno() >= 0
 
 
-def test_vsock_cannot_be_listened_on_yet() -> None:
-    with pytest.raises(ValueError, match=r"cannot listen on vsock://1:1234: .*listen_vsock"):
-        listen_url("vsock://1:1234")
+def test_a_vsock_bind_error_names_the_url_once() -> None:
+    try:
+        listeners = listen_url("vsock://1:1234")  # CID 1 binds only where the kernel has vsock loopback
+    except OSError as exc:
+        assert str(exc).count("cannot listen on vsock://1:1234") == 1, str(exc)
+    else:
+        for listener in listeners:
+            listener.close()
+        pytest.skip("this kernel has vsock loopback: CID 1 binds")
 
 
 def test_a_malformed_url_names_itself() -> None:

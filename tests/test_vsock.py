@@ -279,3 +279,79 @@ def test_no_socket_at_the_path(tmp_path: os.PathLike[str]) -> None:
 def test_bad_ports_for_the_connector(tmp_path: os.PathLike[str]) -> None:
     with pytest.raises(ValueError, match="port"):
         connect_vsock_uds(os.path.join(tmp_path, "x"), -1)
+
+
+# -- the URL forms (greenflow.addresses, listen_url, greenflow connect) ------------
+
+
+@pytest.mark.parametrize(
+    ("url", "framed", "tls"),
+    [
+        ("vsock://1:5000", False, False),
+        ("vsock+tls://1:5000", False, True),
+        ("vsock+framed://1:5000", True, False),
+        ("vsock+framed+tls://1:5000", True, True),
+    ],
+)
+def test_vsock_url_forms(url: str, framed: bool, tls: bool) -> None:
+    from greenflow.addresses import parse_url
+
+    endpoint = parse_url(url)
+    assert (endpoint.cid, endpoint.port, endpoint.vsock) == (1, 5000, True)
+    assert (endpoint.framed, endpoint.tls) == (framed, tls)
+    assert str(endpoint) == url
+    assert parse_url(str(endpoint)) == endpoint
+
+
+def test_vsock_uds_url_forms() -> None:
+    from greenflow.addresses import Scheme, parse_url
+
+    endpoint = parse_url("vsock+uds:/run/vm/v.sock:52")
+    assert (endpoint.scheme, endpoint.path, endpoint.port) == (Scheme.VSOCK_UDS, "/run/vm/v.sock", 52)
+    assert not endpoint.vsock and not endpoint.framed
+    assert parse_url("vsock+uds+framed:/run/vm/v.sock:52").framed
+    assert str(endpoint) == "vsock+uds:/run/vm/v.sock:52"
+    for bad, why in [
+        ("vsock+uds:/run/vm/v.sock", "should look like vsock\\+uds:/run/vm/v.sock:PORT"),
+        ("vsock+uds:/run/vm/v.sock:", "no port"),
+        ("vsock+uds::52", "should look like vsock\\+uds:/run/vm/v.sock:PORT"),
+        ("vsock+framed://1", "a CID and a port"),
+        ("vsock+tls://1:x", "a bad port 'x'"),
+    ]:
+        with pytest.raises(ValueError, match=why):
+            parse_url(bad)
+
+
+def test_listen_url_binds_the_vsock_forms() -> None:
+    (plain,) = greenflow.listen_url(f"vsock://{VMADDR_CID_ANY}:{VMADDR_PORT_ANY}")
+    (framed,) = greenflow.listen_url(f"vsock+framed://{VMADDR_CID_ANY}:{VMADDR_PORT_ANY}")
+    try:
+        assert plain.url.startswith(f"vsock://{VMADDR_CID_ANY}:")
+        assert framed.url.startswith(f"vsock+framed://{VMADDR_CID_ANY}:")
+    finally:
+        plain.close()
+        framed.close()
+    with pytest.raises(ValueError, match="for connecting to a guest through its VMM, not for listening"):
+        greenflow.listen_url("vsock+uds:/run/vm/v.sock:52")
+
+
+def test_greenflow_connect_reaches_a_guest_through_the_vmm_socket(tmp_path: os.PathLike[str]) -> None:
+    import subprocess
+    import sys
+
+    from gevent import subprocess as cooperative
+
+    def echo_then_end(flow: Flow, line: bytes) -> None:
+        _accept_then_echo(flow, line)
+        flow.shutdown("write")  # the guest's EOF, after the client's
+
+    with fake_vmm(tmp_path, echo_then_end) as path:  # the fake VMM runs while we wait for the child
+        process = cooperative.Popen(
+            [sys.executable, "-m", "greenflow", "connect", f"vsock+uds:{path}:52", "--timeout", "5"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+        out, err = process.communicate(b" and back\n", timeout=20)
+    assert process.returncode == 0, err
+    assert out == b"hello from the guest and back\n"

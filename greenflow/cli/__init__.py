@@ -80,7 +80,8 @@ def _add_serve(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         action="append",
         metavar="URL",
         help="tcp://HOST:PORT, HOST:PORT, tls://HOST:PORT, unix:/PATH, unix:@NAME, unix+tls:/PATH, "
-        f"fd://N, systemd: or systemd:NAME (repeatable; default {DEFAULT_BIND})",
+        "fd://N, systemd: or systemd:NAME, vsock://CID:PORT, vsock+framed://CID:PORT (hvsock's framing),"
+        f" vsock+tls:// or vsock+framed+tls:// (repeatable; default {DEFAULT_BIND})",
     )
     _add_serve_limits(serve)
     _add_serve_tls(serve)
@@ -178,7 +179,8 @@ def _add_connect(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
         "connect",
         help="join stdin and stdout to a connection, like netcat",
         description="Connect to URL (tcp://HOST:PORT, HOST:PORT, tls://HOST:PORT, unix:/PATH, "
-        "unix:@NAME, unix+tls:/PATH or vsock://CID:PORT); join it to stdin/stdout.",
+        "unix:@NAME, unix+tls:/PATH, vsock://CID:PORT, vsock+framed://CID:PORT, or a guest's vsock PORT"
+        " through its VMM's Unix socket: vsock+uds:/PATH:PORT); join it to stdin/stdout.",
     )
     connect.add_argument("url", metavar="URL")
     connect.add_argument("--timeout", type=seconds, metavar="SECONDS", help="connect timeout (default 30)")

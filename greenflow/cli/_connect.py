@@ -26,7 +26,9 @@ import gevent.os
 from ..addresses import Endpoint, Scheme, parse_url
 from ..errors import FlowError
 from ..flow import Flow
+from ..framed import FramedFlow
 from ..sockets import connect_tcp, connect_unix, connect_vsock
+from ..vsock import connect_vsock_uds
 from ._common import FAILED, USAGE, CommandError, describe_error, load_tls_context, say
 from ._progress import Progress
 
@@ -198,8 +200,13 @@ def _open_transport(endpoint: Endpoint, timeout: float | None) -> Flow:
         return connect_tcp(endpoint.host, endpoint.port, connect_timeout=timeout)
     if scheme in (Scheme.UNIX, Scheme.UNIX_TLS):
         return connect_unix(endpoint.path, timeout=timeout)
-    if scheme is Scheme.VSOCK:
-        return connect_vsock(endpoint.cid, endpoint.port, timeout=timeout)
+    if endpoint.vsock:
+        flow: Flow = connect_vsock(endpoint.cid, endpoint.port, timeout=timeout)
+        return FramedFlow(flow) if endpoint.framed else flow
+    if scheme in (Scheme.VSOCK_UDS, Scheme.VSOCK_UDS_FRAMED):
+        return connect_vsock_uds(
+            endpoint.path, endpoint.port, connect_timeout=timeout, framed=endpoint.framed
+        )
     raise CommandError(f"cannot connect to {endpoint.url}: a {scheme.value}: URL names no peer to connect to")
 
 
