@@ -106,6 +106,9 @@ def test_pins_and_subjects_are_checked() -> None:
         ("tcp://[2001:db8::1]:80", False),
         ("tcp://db.internal:5432", False),
         ("vsock://2:80", False),
+        ("vsock+framed://1:80", True),
+        ("vsock+tls://3:80", False),
+        ("vsock+uds:/run/vm.sock:80", False),
     ],
 )
 def test_targets_are_local_unless_allowed(url: str, local: bool) -> None:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import ipaddress
 import logging
 import signal
@@ -35,7 +36,6 @@ from ..flow import Flow
 from ..listeners import Listener, listen_url
 from ..server import DEFAULT_GRACE, Server, default_max_connections
 from ..sockets import from_fd
-from ..vsock import listen_vsock
 from ._common import USAGE, CommandError, describe_error, load_tls_context, positive_int, say, seconds
 from ._connect import _open_transport
 from ._serve import configure_logging
@@ -84,10 +84,12 @@ def add_tunnel(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "--listen",
         required=True,
         metavar="URL",
-        help="tcp://, tls://, unix:, unix+tls:, vsock://, fd://N, systemd:",
+        help="tcp://, tls://, unix:, unix+tls:, vsock:// (and +tls, +framed), fd://N, systemd:",
     )
     parser.add_argument(
-        "--to", metavar="URL", help="the target: tcp://, tls://, unix:, unix+tls:, vsock://, fd://N"
+        "--to",
+        metavar="URL",
+        help="the target: tcp://, tls://, unix:, unix+tls:, vsock:// (and +tls, +framed, +uds), fd://N",
     )
     parser.add_argument(
         "--route",
@@ -314,7 +316,7 @@ def _check_target(target: Endpoint, allow_remote: bool) -> None:
         raise CommandError(f"{target.url} is a listener, not a target to connect to", USAGE)
     if allow_remote or scheme in (Scheme.UNIX, Scheme.UNIX_TLS, Scheme.FD):
         return
-    if scheme is Scheme.VSOCK:
+    if target.vsock:
         if target.cid != 1:
             raise CommandError(
                 f"the target {target.url} is another machine (vsock CID {target.cid}); "
@@ -322,6 +324,12 @@ def _check_target(target: Endpoint, allow_remote: bool) -> None:
                 USAGE,
             )
         return
+    if scheme in (Scheme.VSOCK_UDS, Scheme.VSOCK_UDS_FRAMED):
+        raise CommandError(
+            f"the target {target.url} is a virtual machine (through its VMM's socket); "
+            "--allow-remote-targets allows it",
+            USAGE,
+        )
     if target.host.lower() == "localhost":
         return
     try:
@@ -385,18 +393,11 @@ def _certificates(args: argparse.Namespace, plan: Plan, cleanup: contextlib.Exit
 def _listeners(args: argparse.Namespace, plan: Plan, certificates: Certificates | None) -> list[Listener]:
     endpoint = plan.listen
     plain = endpoint
-    if endpoint.tls:  # the plain listener, then the reloading TLS layer over it
-        plain = Endpoint(
-            Scheme.TCP if endpoint.scheme is Scheme.TLS else Scheme.UNIX,
-            host=endpoint.host,
-            port=endpoint.port,
-            path=endpoint.path,
-        )
+    if endpoint.tls:  # the plain listener (tls:// is tcp://, X+tls: is X:), then the reloading TLS layer
+        name = "tcp" if endpoint.scheme is Scheme.TLS else endpoint.scheme.value.replace("+tls", "")
+        plain = dataclasses.replace(endpoint, scheme=Scheme(name), url="")
     try:
-        if endpoint.scheme is Scheme.VSOCK:  # listen_url has no vsock yet; listen_vsock has
-            made = [listen_vsock(endpoint.cid, endpoint.port)]
-        else:
-            made = listen_url(str(plain))
+        made = listen_url(str(plain))
     except (OSError, ValueError) as exc:
         raise CommandError(describe_error(exc).replace(str(plain), endpoint.url)) from exc
     if not made:
