@@ -450,7 +450,9 @@ def _linger(sock: socket.socket, timeout: float) -> bool:
             try:
                 if not sock.recv(_LINGER_READ):
                     return True  # the peer's EOF
-                continue
+                if time.monotonic() < deadline:
+                    continue
+                return False  # a client that keeps sending does not hold the close past the bound
             except BlockingIOError:
                 pass
             except InterruptedError:

@@ -10,6 +10,7 @@ import pytest
 
 import greenflow
 import greenflow.testing
+import greenflow.wsgi
 
 PUBLIC = {
     "DEFAULT_READ_SIZE",
@@ -73,6 +74,20 @@ TESTING = {
     "wait_all_blocked",
 }
 
+WSGI = {
+    "DEFAULT_HEADER_TIMEOUT",
+    "DEFAULT_KEEPALIVE_TIMEOUT",
+    "DEFAULT_MAX_BODY_SIZE",
+    "DEFAULT_MAX_HEADER_SIZE",
+    "DEFAULT_MAX_REQUESTS",
+    "Application",
+    "FileWrapper",
+    "Limits",
+    "RequestTooLarge",
+    "WSGIHandler",
+    "handler",
+}
+
 
 def test_root_api_is_pinned() -> None:
     assert set(greenflow.__all__) == PUBLIC
@@ -118,8 +133,21 @@ def test_testing_api_is_pinned() -> None:
         assert getattr(greenflow.testing, name) is not None
 
 
+def test_wsgi_api_is_pinned() -> None:
+    assert set(greenflow.wsgi.__all__) == WSGI
+    for name in greenflow.wsgi.__all__:
+        assert getattr(greenflow.wsgi, name) is not None
+
+
+def test_h11_is_loaded_by_greenflow_wsgi_only() -> None:
+    run_fresh(
+        "import sys, greenflow, greenflow.cli; greenflow.cli.build_parser(); "
+        "assert 'h11' not in sys.modules; import greenflow.wsgi; assert 'h11' in sys.modules; print('ok')"
+    )
+
+
 def test_everything_public_is_documented() -> None:
-    for module in (greenflow, greenflow.testing):
+    for module in (greenflow, greenflow.testing, greenflow.wsgi):
         for name in module.__all__:
             value = getattr(module, name)
             if inspect.isfunction(value) or inspect.isclass(value):

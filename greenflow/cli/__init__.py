@@ -38,6 +38,7 @@ from ._common import CommandError, octal, positive_int, say, seconds
 from ._connect import connect, join_stdio, open_url, until_signalled
 from ._serve import DEFAULT_FIRST_DATA_TIMEOUT, load_handler, serve
 from ._tunnel import add_tunnel, tunnel
+from ._wsgi import DEFAULT_HANDLER, add_wsgi_arguments
 
 __all__ = ["DEFAULT_BIND", "build_parser", "main"]
 
@@ -70,7 +71,7 @@ def _add_serve(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     serve.add_argument(
         "handler",
         nargs="?",
-        default="echo",
+        default=DEFAULT_HANDLER,
         metavar="HANDLER",
         help="MODULE:FUNCTION called as function(flow) per connection, or echo or discard (default: echo)",
     )
@@ -85,6 +86,7 @@ def _add_serve(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     )
     _add_serve_limits(serve)
     _add_serve_tls(serve)
+    add_wsgi_arguments(serve)
     serve.add_argument(
         "--memtrace",
         metavar="URL",

@@ -21,6 +21,7 @@ from ..handlers import BUILTIN_HANDLERS
 from ..listeners import Listener, listen_url
 from ..server import Handler, Server, default_max_connections
 from ._common import USAGE, CommandError, describe_error, load_tls_context, say
+from ._wsgi import wsgi_handler
 
 if TYPE_CHECKING:
     from OpenSSL import SSL
@@ -39,7 +40,7 @@ def serve(args: argparse.Namespace, binds: list[str]) -> int:
     """Run ``greenflow serve``; returns the exit status."""
     configure_logging(args.log_level)
     try:
-        handler = load_handler(args.handler)
+        handler = wsgi_handler(args) or load_handler(args.handler)
     except (ImportError, AttributeError, ValueError) as exc:
         raise CommandError(f"cannot load the handler {args.handler!r}: {exc}", USAGE) from exc
     endpoints = _parse_binds(binds)
