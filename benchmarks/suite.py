@@ -39,6 +39,7 @@ MODULES = (
     "framed",
     "memtrace",
     "wsgi",
+    "copy",
 )
 
 #: The goals of the benchmark issue, as ratios to each workload's baseline.
@@ -53,6 +54,7 @@ TARGETS = [
     Target("writev_256", "greenflow writev", minimum=2.3),
     Target("wsgi_hello", "greenflow.wsgi", minimum=1.0, note="against gevent.pywsgi"),
     Target("framed_bulk", "FramedFlow read_into", minimum=0.8, note="against the plain flow under it"),
+    Target("copy_bulk", "greenflow.copy", minimum=0.95, note="against the raw gevent relay loop"),
 ]
 
 HERE = Path(__file__).resolve().parent

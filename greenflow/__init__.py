@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 
 from .adapters import FlowIO, FlowSocket, socket_bridge
 from .buffered import BufferedFlow
+from .copying import CopyStats, ProxyStats, copy, proxy
 from .errors import (
     BrokenError,
     BusyError,
@@ -39,6 +40,7 @@ from .listeners import (
     listen_url,
 )
 from .pipes import PipeFlow, from_pipes, pipe_pair
+from .scope import Scope
 from .server import Server, idle
 from .sockets import (
     SocketFlow,
@@ -60,6 +62,7 @@ __all__ = [
     "BufferedFlow",
     "BusyError",
     "ClosedError",
+    "CopyStats",
     "Flow",
     "FlowError",
     "FlowIO",
@@ -71,6 +74,8 @@ __all__ = [
     "Listener",
     "ListenerLayer",
     "PipeFlow",
+    "ProxyStats",
+    "Scope",
     "Server",
     "Shutdown",
     "SocketFlow",
@@ -83,6 +88,7 @@ __all__ = [
     "connect_unix",
     "connect_vsock",
     "connect_vsock_uds",
+    "copy",
     "from_fd",
     "from_pipes",
     "from_socket",
@@ -96,6 +102,7 @@ __all__ = [
     "listen_url",
     "listen_vsock",
     "pipe_pair",
+    "proxy",
     "socket_bridge",
     "socketpair",
 ]

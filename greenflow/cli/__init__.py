@@ -37,6 +37,7 @@ from ..server import DEFAULT_GRACE, default_max_connections
 from ._common import CommandError, octal, positive_int, say, seconds
 from ._connect import connect, join_stdio, open_url, until_signalled
 from ._serve import DEFAULT_FIRST_DATA_TIMEOUT, load_handler, serve
+from ._tunnel import add_tunnel, tunnel
 from ._wsgi import DEFAULT_HANDLER, add_wsgi_arguments
 
 __all__ = ["DEFAULT_BIND", "build_parser", "main"]
@@ -57,6 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_serve(commands)
     _add_connect(commands)
     _add_memtrace(commands)
+    add_tunnel(commands)
     return parser
 
 
@@ -184,6 +186,12 @@ def _add_connect(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
     )
     connect.add_argument("url", metavar="URL")
     connect.add_argument("--timeout", type=seconds, metavar="SECONDS", help="connect timeout (default 30)")
+    connect.add_argument(
+        "--progress",
+        choices=["auto", "always", "never"],
+        default="auto",
+        help="show bytes and rate on stderr (auto: if stderr is a terminal, unless stdin and stdout are)",
+    )
     tls = connect.add_argument_group("TLS (for tls:// and unix+tls: URLs)")
     tls.add_argument("--cafile", type=Path, help="trust these CA certificates (PEM) instead of the system's")
     tls.add_argument("--certfile", type=Path, help="a client certificate chain (PEM) to present")
@@ -220,6 +228,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             from ..memtrace import command as memtrace_command  # noqa: PLC0415
 
             return memtrace_command.run(args)
+        if args.command == "tunnel":
+            return tunnel(args)
         return connect(args)
     except CommandError as exc:
         say(str(exc))

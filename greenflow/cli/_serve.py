@@ -38,13 +38,7 @@ DEFAULT_FIRST_DATA_TIMEOUT: Final = 30.0
 
 def serve(args: argparse.Namespace, binds: list[str]) -> int:
     """Run ``greenflow serve``; returns the exit status."""
-    logging.basicConfig(
-        level=args.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
-    for log_handler in logging.getLogger().handlers:
-        log_handler.addFilter(_said_already)
+    configure_logging(args.log_level)
     try:
         handler = wsgi_handler(args) or load_handler(args.handler)
     except (ImportError, AttributeError, ValueError) as exc:
@@ -87,6 +81,17 @@ def serve(args: argparse.Namespace, binds: list[str]) -> int:
                 signal_handler.cancel()
         say("stopped")
     return 0
+
+
+def configure_logging(level: str) -> None:
+    """Log to stderr at ``level``, without the lines the command says itself."""
+    logging.basicConfig(
+        level=level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    for log_handler in logging.getLogger().handlers:
+        log_handler.addFilter(_said_already)
 
 
 def _said_already(record: logging.LogRecord) -> bool:
