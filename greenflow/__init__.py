@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 
 from .adapters import FlowIO, FlowSocket, socket_bridge
 from .buffered import BufferedFlow
+from .copying import CopyStats, ProxyStats, copy, proxy
 from .errors import (
     BrokenError,
     BusyError,
@@ -39,6 +40,7 @@ from .listeners import (
     listen_url,
 )
 from .pipes import PipeFlow, from_pipes, pipe_pair
+from .scope import Scope
 from .server import Server, idle
 from .sockets import (
     SocketFlow,
@@ -61,6 +63,7 @@ __all__ = [
     "BufferedFlow",
     "BusyError",
     "ClosedError",
+    "CopyStats",
     "Flow",
     "FlowError",
     "FlowIO",
@@ -72,6 +75,8 @@ __all__ = [
     "Listener",
     "ListenerLayer",
     "PipeFlow",
+    "ProxyStats",
+    "Scope",
     "Server",
     "Shutdown",
     "Supervisor",
@@ -85,6 +90,7 @@ __all__ = [
     "connect_unix",
     "connect_vsock",
     "connect_vsock_uds",
+    "copy",
     "from_fd",
     "from_pipes",
     "from_socket",
@@ -98,6 +104,7 @@ __all__ = [
     "listen_url",
     "listen_vsock",
     "pipe_pair",
+    "proxy",
     "socket_bridge",
     "socketpair",
 ]

@@ -66,6 +66,7 @@ except (AttributeError, ValueError, OSError):  # pragma: no cover - not Linux
 #: writev joins the buffers into one send below this total size: a copy of a
 #: few KiB is cheaper than the gather bookkeeping (performance notes, point 2).
 _JOIN_BELOW = 4096
+_OPEN: Final = DirectionState.OPEN
 _CLOSED: Final = DirectionState.CLOSED
 _SHUT: Final = DirectionState.SHUT
 _R = TypeVar("_R", bytes, int)
@@ -126,6 +127,8 @@ class DescriptorFlow(FlowBase):
         return self._receive(self._sock.recv, size, b"", "read")
 
     def read_into(self, buffer: bytearray | memoryview) -> int:
+        if self._reader.state is not _OPEN:
+            check_writable_buffer(buffer)  # misuse is refused first, at EOF and once closed too
         try:
             if buffer and (type(buffer) is bytearray or memoryview(buffer).nbytes):
                 return self._receive(self._sock.recv_into, buffer, 0, "read_into")

@@ -182,7 +182,7 @@ class Listener:
                 pass
 
     def __repr__(self) -> str:
-        state = " closed" if self._closed else ""
+        state = " closed" if self.closed else ""  # the property: a layer answers for its inner listener
         return f"<{type(self).__name__} {self.url}{state}>"
 
     # -- making flows ------------------------------------------------------------

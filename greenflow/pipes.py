@@ -25,6 +25,7 @@ import stat
 from .descriptors import DescriptorFlow
 from .flow import Buffer
 from .kit import check_timeout
+from .scope import Scope, joined, joined_pair
 
 __all__ = ["PipeFlow", "from_pipes", "pipe_pair"]
 
@@ -102,7 +103,9 @@ class PipeFlow(DescriptorFlow):
         return f"the pipe flow (reading fd {self._ends.read_fd}, writing fd {self._ends.write_fd})"
 
 
-def from_pipes(read_fd: int, write_fd: int, *, timeout: float | None = None) -> PipeFlow:
+def from_pipes(
+    read_fd: int, write_fd: int, *, timeout: float | None = None, scope: Scope | None = None
+) -> PipeFlow:
     """Join a descriptor to read and one to write into one flow, which owns both.
 
     Typical uses: the ``stdout`` and ``stdin`` pipes of a child process, a pair
@@ -127,15 +130,16 @@ def from_pipes(read_fd: int, write_fd: int, *, timeout: float | None = None) -> 
             )
     os.set_blocking(read_fd, False)
     os.set_blocking(write_fd, False)
-    return PipeFlow(read_fd, write_fd, timeout=timeout)
+    return joined(PipeFlow(read_fd, write_fd, timeout=timeout), scope)
 
 
-def pipe_pair(*, timeout: float | None = None) -> tuple[PipeFlow, PipeFlow]:
+def pipe_pair(*, timeout: float | None = None, scope: Scope | None = None) -> tuple[PipeFlow, PipeFlow]:
     """Return two flows connected to each other through two pipes."""
     check_timeout(timeout)
     left_read, right_write = os.pipe()
     right_read, left_write = os.pipe()
-    return (
+    pair = (
         from_pipes(left_read, left_write, timeout=timeout),
         from_pipes(right_read, right_write, timeout=timeout),
     )
+    return joined_pair(pair, scope)

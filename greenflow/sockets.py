@@ -24,6 +24,7 @@ from .addresses import format_address, numeric_address
 from .descriptors import DescriptorFlow, broken_error, wait_ready
 from .errors import BrokenError, FlowError
 from .kit import DirectionState, check_timeout, start_timer
+from .scope import Scope, joined, joined_pair
 
 __all__ = [
     "LINGER_TIMEOUT",
@@ -185,7 +186,11 @@ class SocketFlow(DescriptorFlow):
 
 
 def from_socket(
-    sock: socket.socket | _gevent_socket.socket, *, timeout: float | None = None, nodelay: bool = True
+    sock: socket.socket | _gevent_socket.socket,
+    *,
+    timeout: float | None = None,
+    nodelay: bool = True,
+    scope: Scope | None = None,
 ) -> SocketFlow:
     """Wrap a connected stream socket (stdlib or gevent) in a flow.
 
@@ -222,10 +227,12 @@ def from_socket(
     if nodelay and sock.family in (socket.AF_INET, socket.AF_INET6):
         with contextlib.suppress(OSError):  # a stream that is not TCP (SCTP) has no such option
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    return SocketFlow(sock, timeout=timeout)
+    return joined(SocketFlow(sock, timeout=timeout), scope)
 
 
-def from_fd(fd: int, *, timeout: float | None = None, nodelay: bool = True) -> SocketFlow:
+def from_fd(
+    fd: int, *, timeout: float | None = None, nodelay: bool = True, scope: Scope | None = None
+) -> SocketFlow:
     """Wrap a descriptor of a connected stream socket in a flow.
 
     The flow takes ownership: closing the flow closes ``fd``. The socket's
@@ -238,7 +245,7 @@ def from_fd(fd: int, *, timeout: float | None = None, nodelay: bool = True) -> S
     check_timeout(timeout)
     sock = socket_at(fd)
     try:
-        return from_socket(sock, timeout=timeout, nodelay=nodelay)
+        return from_socket(sock, timeout=timeout, nodelay=nodelay, scope=scope)
     except ValueError:
         sock.detach()  # the caller keeps ownership when we refuse it
         raise
@@ -259,11 +266,11 @@ def socket_at(fd: int) -> socket.socket:
         raise
 
 
-def socketpair(*, timeout: float | None = None) -> tuple[SocketFlow, SocketFlow]:
+def socketpair(*, timeout: float | None = None, scope: Scope | None = None) -> tuple[SocketFlow, SocketFlow]:
     """Return two flows connected to each other through a Unix socketpair."""
     check_timeout(timeout)
     left, right = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-    return SocketFlow(left, timeout=timeout), SocketFlow(right, timeout=timeout)
+    return joined_pair((SocketFlow(left, timeout=timeout), SocketFlow(right, timeout=timeout)), scope)
 
 
 def connect_tcp(
@@ -274,6 +281,7 @@ def connect_tcp(
     connect_timeout: float | None = None,
     nodelay: bool = True,
     source_address: tuple[str, int] | None = None,
+    scope: Scope | None = None,
 ) -> SocketFlow:
     """Connect to ``host:port`` over TCP (IPv4 or IPv6) and return the flow.
 
@@ -319,7 +327,7 @@ def connect_tcp(
                 raise
             if nodelay:
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            return SocketFlow(sock, timeout=timeout)
+            return joined(SocketFlow(sock, timeout=timeout), scope)
         error = BrokenError(_connect_failure(target, failures))
         error.errno = last.errno if last is not None else None
         raise error from last
@@ -336,7 +344,9 @@ def _connect_failure(target: str, failures: list[tuple[str, str]]) -> str:
     return f"could not connect to {target}: {tried}"
 
 
-def connect_unix(path: str | bytes, *, timeout: float | None = None) -> SocketFlow:
+def connect_unix(
+    path: str | bytes, *, timeout: float | None = None, scope: Scope | None = None
+) -> SocketFlow:
     """Connect to the Unix socket at ``path`` (a leading NUL: abstract namespace).
 
     The flow's ``peer_address`` is ``path``, even where the server bound its
@@ -344,12 +354,15 @@ def connect_unix(path: str | bytes, *, timeout: float | None = None) -> SocketFl
     """
     name = os.fsdecode(path)
     # An abstract name is reported as the socket says it (bytes); a path as the str it named.
-    return _connect_family(
+    flow = _connect_family(
         socket.AF_UNIX, path, timeout, peer_address=None if name.startswith("\0") else name
     )
+    return joined(flow, scope)
 
 
-def connect_vsock(cid: int, port: int, *, timeout: float | None = None) -> SocketFlow:
+def connect_vsock(
+    cid: int, port: int, *, timeout: float | None = None, scope: Scope | None = None
+) -> SocketFlow:
     """Connect to ``port`` on the virtual machine or host ``cid`` over AF_VSOCK.
 
     CID 1 (``VMADDR_CID_LOCAL``) is this machine, where the kernel has vsock
@@ -357,7 +370,7 @@ def connect_vsock(cid: int, port: int, *, timeout: float | None = None) -> Socke
     """
     if not hasattr(socket, "AF_VSOCK"):  # pragma: no cover - not Linux
         raise OSError(errno.EAFNOSUPPORT, "AF_VSOCK is not available on this system")
-    return _connect_family(socket.AF_VSOCK, (cid, port), timeout)
+    return joined(_connect_family(socket.AF_VSOCK, (cid, port), timeout), scope)
 
 
 def _connect_family(
@@ -437,7 +450,9 @@ def _linger(sock: socket.socket, timeout: float) -> bool:
             try:
                 if not sock.recv(_LINGER_READ):
                     return True  # the peer's EOF
-                continue
+                if time.monotonic() < deadline:
+                    continue
+                return False  # a client that keeps sending does not hold the close past the bound
             except BlockingIOError:
                 pass
             except InterruptedError:

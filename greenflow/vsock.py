@@ -178,7 +178,9 @@ def connect_vsock_uds(
     check_timeout(close_timeout)
     limit = check_timeout(connect_timeout)
     where = f"vsock port {port} through {path!r}"
-    timer = start_timer(limit, f"connecting to {where}", setting="connect_timeout") if limit else None
+    timer = (
+        start_timer(limit, f"connecting to {where}", setting="connect_timeout") if limit is not None else None
+    )
     flow: Flow | None = None
     try:
         flow = connect_unix(path)

@@ -10,6 +10,7 @@ import pytest
 
 import greenflow
 import greenflow.testing
+import greenflow.wsgi
 
 PUBLIC = {
     "DEFAULT_READ_SIZE",
@@ -17,6 +18,7 @@ PUBLIC = {
     "BufferedFlow",
     "BusyError",
     "ClosedError",
+    "CopyStats",
     "Flow",
     "FlowError",
     "FlowIO",
@@ -28,6 +30,8 @@ PUBLIC = {
     "Listener",
     "ListenerLayer",
     "PipeFlow",
+    "ProxyStats",
+    "Scope",
     "Server",
     "Shutdown",
     "SocketFlow",
@@ -41,6 +45,7 @@ PUBLIC = {
     "connect_unix",
     "connect_vsock",
     "connect_vsock_uds",
+    "copy",
     "from_fd",
     "from_pipes",
     "from_socket",
@@ -54,6 +59,7 @@ PUBLIC = {
     "listen_url",
     "listen_vsock",
     "pipe_pair",
+    "proxy",
     "socket_bridge",
     "socketpair",
 }
@@ -67,6 +73,20 @@ TESTING = {
     "lockstep_pair",
     "memory_pair",
     "wait_all_blocked",
+}
+
+WSGI = {
+    "DEFAULT_HEADER_TIMEOUT",
+    "DEFAULT_KEEPALIVE_TIMEOUT",
+    "DEFAULT_MAX_BODY_SIZE",
+    "DEFAULT_MAX_HEADER_SIZE",
+    "DEFAULT_MAX_REQUESTS",
+    "Application",
+    "FileWrapper",
+    "Limits",
+    "RequestTooLarge",
+    "WSGIHandler",
+    "handler",
 }
 
 
@@ -114,8 +134,21 @@ def test_testing_api_is_pinned() -> None:
         assert getattr(greenflow.testing, name) is not None
 
 
+def test_wsgi_api_is_pinned() -> None:
+    assert set(greenflow.wsgi.__all__) == WSGI
+    for name in greenflow.wsgi.__all__:
+        assert getattr(greenflow.wsgi, name) is not None
+
+
+def test_h11_is_loaded_by_greenflow_wsgi_only() -> None:
+    run_fresh(
+        "import sys, greenflow, greenflow.cli; greenflow.cli.build_parser(); "
+        "assert 'h11' not in sys.modules; import greenflow.wsgi; assert 'h11' in sys.modules; print('ok')"
+    )
+
+
 def test_everything_public_is_documented() -> None:
-    for module in (greenflow, greenflow.testing):
+    for module in (greenflow, greenflow.testing, greenflow.wsgi):
         for name in module.__all__:
             value = getattr(module, name)
             if inspect.isfunction(value) or inspect.isclass(value):

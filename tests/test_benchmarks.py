@@ -24,7 +24,13 @@ sys.path.insert(0, str(ROOT))
 from benchmarks.suite import all_workloads  # noqa: E402
 
 #: A skip for any other reason than these is a failure.
-ALLOWED_SKIPS = ("is not installed", "no iperf3 binary", "no C compiler", "greenflow.tls not available")
+ALLOWED_SKIPS = (
+    "is not installed",
+    "no iperf3 binary",
+    "no C compiler",
+    "greenflow.tls not available",
+    "no wrk binary",
+)
 
 CASES = [(workload.name, case.name) for workload in all_workloads(quick=True) for case in workload.cases]
 

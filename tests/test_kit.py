@@ -181,3 +181,17 @@ def test_the_documented_example_flow_counts() -> None:
         assert right.read() == b""
         assert isinstance(left, CountingFlow) and isinstance(right, CountingFlow)
         assert (left.bytes_out, right.bytes_in) == (4, 4)
+
+
+@pytest.mark.parametrize("kind", sorted(MAKERS))
+def test_a_read_only_buffer_is_refused_at_eof_and_once_closed(kind: str) -> None:
+    """Found in review: descriptor flows answered EOF (or ClosedError) before checking the buffer."""
+    left, right = MAKERS[kind]()
+    left.shutdown("write")
+    assert right.read() == b""
+    with pytest.raises(TypeError, match="read-only"):
+        right.read_into(b"abcd")  # type: ignore[arg-type]
+    right.close()
+    with pytest.raises(TypeError, match="read-only"):
+        right.read_into(b"abcd")  # type: ignore[arg-type]
+    left.close()

@@ -7,6 +7,7 @@ suite.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import os
 import socket
@@ -410,3 +411,26 @@ def test_the_public_names_and_that_import_greenflow_loads_none_of_it() -> None:
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=30)
     assert result.returncode == 0, result.stderr
+
+
+def test_a_tls_listener_serves_its_viewers_over_tls(tracing: None) -> None:
+    """Found in review: the viewers' accept loop skipped the listener's layers (TLS went out in clear)."""
+    from greenflow import tls
+
+    from tls_helpers import contexts, shared_certs
+
+    client_ctx, server_ctx = contexts(shared_certs())
+    listener = tls.TLSListener(greenflow.listen_tcp("127.0.0.1", 0), server_ctx, handshake_timeout=5)
+    host, port = listener.address[:2]
+    tracer = memtrace.start(listener, interval=INTERVAL)
+    with greenflow.connect_tcp(host, port, timeout=5) as plain:
+        plain.write(b"not a ClientHello\r\n\r\n")
+        first = b""
+        with contextlib.suppress(greenflow.BrokenError):  # an alert, an EOF or a reset: all fine
+            first = plain.read()
+        assert not first.startswith(b"GFMTRACE"), "a plain client was sent the trace in clear"
+    with tls.connect_tls("localhost", port, client_ctx, timeout=5) as secured:
+        [sample] = _samples(secured, 1)
+        assert sample.seq >= 0
+    memtrace.stop()
+    assert tracer.output is not None

@@ -174,3 +174,17 @@ def test_accept_on_a_tls_listener_returns_a_tls_flow(contexts: tuple[SSL.Context
         garbage.close()
     finally:
         listener.close()
+
+
+def test_a_tls_listener_has_a_repr() -> None:
+    """Found in review: a listener layer's repr read a slot only the inner listener has."""
+    import greenflow
+    from greenflow import tls
+
+    from tls_helpers import contexts, shared_certs
+
+    _, server_ctx = contexts(shared_certs())
+    listener = tls.TLSListener(greenflow.listen_tcp("127.0.0.1", 0), server_ctx)
+    assert repr(listener).startswith("<TLSListener tls://127.0.0.1:")
+    listener.close()
+    assert repr(listener).endswith(" closed>")

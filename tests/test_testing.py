@@ -449,3 +449,19 @@ def test_a_write_the_peer_did_not_take_fails_when_it_closes() -> None:
     with pytest.raises(BrokenError, match="the peer closed the flow"):
         writing.get(timeout=5)
     left.close()
+
+
+class _Boom(BaseException):
+    """Not an Exception: a flow's private wake-up escaping, say."""
+
+
+class RaisesABaseException(_Broken):
+    def _read(self, size: int, what: str) -> bytes:
+        raise _Boom("escaped")
+
+
+def test_a_base_exception_from_the_flow_fails_the_checks_it_reaches() -> None:
+    """Found in review: the runner died of it with no value, which read as a pass."""
+    with pytest.raises(AssertionError) as caught:
+        check_flow_pair(_maker(RaisesABaseException), only=["data flows both ways, intact"])
+    assert "_Boom" in str(caught.value)

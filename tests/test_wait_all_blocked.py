@@ -205,3 +205,30 @@ def test_misuse() -> None:
     gevent.get_hub().loop.run_callback(in_the_hub)
     wait_all_blocked()
     assert len(outcome) == 1 and "cannot run in the hub" in str(outcome[0])
+
+
+def test_a_trace_function_installed_while_it_waits_is_kept() -> None:
+    """Found in review: the helper put back what it found, dropping a tracer set meanwhile."""
+    seen: list[str] = []
+
+    def mine(event: str, args: object) -> None:
+        seen.append(event)
+        if previous is not None:
+            previous(event, args)  # type: ignore[operator]
+
+    previous = None
+
+    def install() -> None:
+        nonlocal previous
+        previous = greenlet.settrace(mine)
+
+    before = greenlet.gettrace()
+    try:
+        gevent.spawn(install)
+        wait_all_blocked()
+        assert greenlet.gettrace() is mine, "the tracer installed meanwhile was dropped"
+        gevent.spawn(gevent.sleep, 0)
+        wait_all_blocked()  # again: no loop between the two trace functions
+        assert seen
+    finally:
+        greenlet.settrace(before)

@@ -161,13 +161,13 @@ def test_a_reload_whose_workers_fail_keeps_the_old_ones(children: list[Served], 
 def test_max_requests_recycles_workers(children: list[Served]) -> None:
     served, port = start(
         children, "worker_handlers:once", "--bind", "tcp://127.0.0.1:0",
-        "--max-requests", "3", "--max-requests-jitter", "1", workers=1,
+        "--worker-max-requests", "3", "--worker-max-requests-jitter", "1", workers=1,
     )  # fmt: skip
     pids = [request(port) for _ in range(12)]
     assert len(set(pids)) >= 3  # at most 4 connections each
     assert max(pids.count(pid) for pid in pids) <= 4
     assert served.terminate() == 0
-    assert "served its max-requests" in served.output.decode()
+    assert "served its max_requests" in served.output.decode()
 
 
 def test_sigttin_and_sigttou(children: list[Served]) -> None:
@@ -198,10 +198,10 @@ def test_reuse_port_gives_each_worker_its_own_socket(children: list[Served]) -> 
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["--max-requests", "5"], "--max-requests applies with --workers only"),
+        (["--worker-max-requests", "5"], "--worker-max-requests applies with --workers only"),
         (["--workers", "2", "--reuse-port"], "needs a fixed port"),
         (["--workers", "2", "--worker-timeout", "0"], "--worker-timeout must be more than 0"),
-        (["--workers", "2", "--max-requests", "-1"], "must be at least 0"),
+        (["--workers", "2", "--worker-max-requests", "-1"], "must be at least 0"),
         (["nonsense", "--workers", "2"], "expected MODULE:FUNCTION"),
     ],
 )
@@ -210,3 +210,17 @@ def test_worker_options_that_make_no_sense(args: list[str], message: str) -> Non
     _, rest = served.process.communicate(timeout=30)
     assert served.process.returncode == 2
     assert message in rest.decode()
+
+
+def test_wsgi_in_workers(children: list[Served]) -> None:
+    served, port = start(children, "--wsgi", "worker_handlers:wsgi_app", "--bind", "tcp://127.0.0.1:0")
+    workers = {int(pid) for pid in READY.findall(served.output)}
+    with greenflow.connect_tcp("127.0.0.1", port, timeout=10) as flow:
+        flow.write(b"GET / HTTP/1.0\r\nHost: x\r\n\r\n")
+        reply = b""
+        while chunk := flow.read():
+            reply += chunk
+    head, _, body = reply.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200") or head.startswith(b"HTTP/1.0 200"), reply
+    assert int(body) in workers
+    assert served.terminate() == 0

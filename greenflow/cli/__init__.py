@@ -38,7 +38,9 @@ from ._common import CommandError, octal, positive_int, say, seconds
 from ._connect import connect, join_stdio, open_url, until_signalled
 from ._proxy import add_proxy_arguments
 from ._serve import DEFAULT_FIRST_DATA_TIMEOUT, load_handler, serve
+from ._tunnel import add_tunnel, tunnel
 from ._workers import add_worker_arguments
+from ._wsgi import DEFAULT_HANDLER, add_wsgi_arguments
 
 __all__ = ["DEFAULT_BIND", "build_parser", "main"]
 
@@ -58,6 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_serve(commands)
     _add_connect(commands)
     _add_memtrace(commands)
+    add_tunnel(commands)
     return parser
 
 
@@ -70,7 +73,7 @@ def _add_serve(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     serve.add_argument(
         "handler",
         nargs="?",
-        default="echo",
+        default=DEFAULT_HANDLER,
         metavar="HANDLER",
         help="MODULE:FUNCTION called as function(flow) per connection, or echo or discard (default: echo)",
     )
@@ -87,6 +90,7 @@ def _add_serve(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     _add_serve_tls(serve)
     add_proxy_arguments(serve)
     add_worker_arguments(serve)
+    add_wsgi_arguments(serve)
     serve.add_argument(
         "--memtrace",
         metavar="URL",
@@ -190,6 +194,12 @@ def _add_connect(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
     )
     connect.add_argument("url", metavar="URL")
     connect.add_argument("--timeout", type=seconds, metavar="SECONDS", help="connect timeout (default 30)")
+    connect.add_argument(
+        "--progress",
+        choices=["auto", "always", "never"],
+        default="auto",
+        help="show bytes and rate on stderr (auto: if stderr is a terminal, unless stdin and stdout are)",
+    )
     tls = connect.add_argument_group("TLS (for tls:// and unix+tls: URLs)")
     tls.add_argument("--cafile", type=Path, help="trust these CA certificates (PEM) instead of the system's")
     tls.add_argument("--certfile", type=Path, help="a client certificate chain (PEM) to present")
@@ -226,6 +236,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             from ..memtrace import command as memtrace_command  # noqa: PLC0415
 
             return memtrace_command.run(args)
+        if args.command == "tunnel":
+            return tunnel(args)
         return connect(args)
     except CommandError as exc:
         say(str(exc))

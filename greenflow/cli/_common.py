@@ -6,10 +6,7 @@ import argparse
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, TypeVar
-
-if TYPE_CHECKING:
-    from OpenSSL import SSL
+from typing import TypeVar
 
 T = TypeVar("T")
 
@@ -31,7 +28,7 @@ def say(message: str) -> None:
     print(f"greenflow: {message}", file=sys.stderr, flush=True)
 
 
-def load_tls_context(build: Callable[[], SSL.Context], files: dict[str, Path | None]) -> SSL.Context:
+def load_tls_context(build: Callable[[], T], files: dict[str, Path | None]) -> T:
     """Run ``build`` (a ``greenflow.tls`` context helper); a bad file becomes a CommandError.
 
     ``files`` maps each option (``--certfile``) to the file it gave, or

@@ -14,6 +14,7 @@ import errno
 import fcntl
 import os
 import signal
+import sys
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +30,7 @@ from ..framed import FramedFlow
 from ..sockets import connect_tcp, connect_unix, connect_vsock
 from ..vsock import connect_vsock_uds
 from ._common import FAILED, USAGE, CommandError, describe_error, load_tls_context, say
+from ._progress import Progress
 
 if TYPE_CHECKING:
     from OpenSSL import SSL
@@ -109,7 +111,17 @@ def _session(args: argparse.Namespace) -> int:
         alpn=_alpn(args.alpn),
     )
     with flow:
-        return join_stdio(flow)
+        if not _show_progress(args.progress):
+            return join_stdio(flow)
+        with Progress(sys.stderr) as progress:
+            return join_stdio(flow, progress=progress)
+
+
+def _show_progress(choice: str) -> bool:
+    """``--progress``: always, never, or (auto) when stderr is a terminal and stdin or stdout is not."""
+    if choice != "auto":
+        return choice == "always"
+    return os.isatty(2) and not (os.isatty(0) and os.isatty(1))
 
 
 def _check_tls_options(args: argparse.Namespace, endpoint: Endpoint) -> None:
@@ -244,7 +256,7 @@ def _handshake(
         raise CommandError(f"cannot connect to {endpoint.url}: {exc}") from exc
 
 
-def join_stdio(flow: Flow, stdin: int = 0, stdout: int = 1) -> int:
+def join_stdio(flow: Flow, stdin: int = 0, stdout: int = 1, *, progress: Progress | None = None) -> int:
     """Copy ``stdin`` to ``flow`` and ``flow`` to ``stdout`` until both are done.
 
     At the end of ``stdin`` the flow's writing side is shut down; the copy to
@@ -252,11 +264,13 @@ def join_stdio(flow: Flow, stdin: int = 0, stdout: int = 1) -> int:
     non-blocking (and put back as they were, however this ends: run it
     under :func:`until_signalled` so that a signal unwinds it too) so that
     waiting on them yields to the hub. Returns 0, or 1 if the connection
-    failed.
+    failed. ``progress`` counts the bytes each way (and shows them, when it
+    was made with a stream).
     """
     with _nonblocking(stdin), _nonblocking(stdout):
-        upstream = gevent.spawn(_quietly, _copy_stdin, flow, stdin)
-        downstream = gevent.spawn(_quietly, _copy_to_stdout, flow, stdout)
+        counts = progress or Progress(None)
+        upstream = gevent.spawn(_quietly, _copy_stdin, flow, stdin, counts)
+        downstream = gevent.spawn(_quietly, _copy_to_stdout, flow, stdout, counts)
         try:
             printed = downstream.get()
             if isinstance(printed, Exception):
@@ -275,9 +289,7 @@ def join_stdio(flow: Flow, stdin: int = 0, stdout: int = 1) -> int:
             gevent.killall([upstream, downstream])
 
 
-def _quietly(
-    copy: Callable[[int, Flow], bool] | Callable[[Flow, int], bool], *args: object
-) -> bool | Exception:
+def _quietly(copy: Callable[[Flow, int, Progress], bool], *args: object) -> bool | Exception:
     """Run one direction's copy; a failure is returned (gevent would print it as a crash)."""
     try:
         return copy(*args)  # type: ignore[arg-type]
@@ -285,15 +297,17 @@ def _quietly(
         return exc
 
 
-def _copy_stdin(flow: Flow, stdin: int) -> bool:
+def _copy_stdin(flow: Flow, stdin: int, progress: Progress) -> bool:
     while data := gevent.os.nb_read(stdin, _READ_SIZE):
         flow.write(data)
+        progress.sent += len(data)
     flow.shutdown("write")
     return True
 
 
-def _copy_to_stdout(flow: Flow, stdout: int) -> bool:
+def _copy_to_stdout(flow: Flow, stdout: int, progress: Progress) -> bool:
     while data := flow.read(_READ_SIZE):
+        progress.received += len(data)
         view = memoryview(data)
         while view:
             try:

@@ -23,6 +23,7 @@ from ..server import Handler, Server, default_max_connections
 from ._common import USAGE, CommandError, describe_error, load_tls_context, say
 from ._proxy import check_proxy_arguments, with_proxy_protocol
 from ._workers import check_worker_arguments, serve_with_workers
+from ._wsgi import wsgi_handler
 
 if TYPE_CHECKING:
     from OpenSSL import SSL
@@ -39,13 +40,7 @@ DEFAULT_FIRST_DATA_TIMEOUT: Final = 30.0
 
 def serve(args: argparse.Namespace, binds: list[str]) -> int:
     """Run ``greenflow serve``; returns the exit status."""
-    logging.basicConfig(
-        level=args.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
-    for log_handler in logging.getLogger().handlers:
-        log_handler.addFilter(_said_already)
+    configure_logging(args.log_level)
     check_worker_arguments(args)
     if args.workers is not None:  # the supervisor: the workers load the handler, not this process
         endpoints = _parse_binds(binds)
@@ -59,7 +54,7 @@ def serve(args: argparse.Namespace, binds: list[str]) -> int:
             endpoints,
         )
     try:
-        handler = load_handler(args.handler)
+        handler = wsgi_handler(args) or load_handler(args.handler)
     except (ImportError, AttributeError, ValueError) as exc:
         raise CommandError(f"cannot load the handler {args.handler!r}: {exc}", USAGE) from exc
     endpoints = _parse_binds(binds)
@@ -103,6 +98,17 @@ def _server_options(args: argparse.Namespace) -> dict[str, object]:
         "first_data_timeout": args.first_data_timeout or None,
         "connection_deadline": args.deadline,
     }
+
+
+def configure_logging(level: str) -> None:
+    """Log to stderr at ``level``, without the lines the command says itself."""
+    logging.basicConfig(
+        level=level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    for log_handler in logging.getLogger().handlers:
+        log_handler.addFilter(_said_already)
 
 
 def _said_already(record: logging.LogRecord) -> bool:

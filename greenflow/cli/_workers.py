@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
 from ..addresses import Endpoint, Scheme
 from ..handlers import BUILTIN_HANDLERS
 from ..listener import Listener
+from ..server import Handler
 from ._common import USAGE, CommandError, positive_int, say, seconds
 
 if TYPE_CHECKING:
@@ -19,7 +21,7 @@ __all__ = ["add_worker_arguments", "check_worker_arguments", "serve_with_workers
 
 
 def add_worker_arguments(serve: argparse.ArgumentParser) -> None:
-    """Add ``--workers``, ``--worker-timeout``, ``--max-requests`` and ``--max-requests-jitter``."""
+    """Add ``--workers``, ``--worker-timeout``, ``--worker-max-requests`` and its jitter."""
     from ..workers import DEFAULT_WORKER_TIMEOUT  # noqa: PLC0415 - kept out of the plain command's imports
 
     group = serve.add_argument_group(
@@ -41,18 +43,18 @@ def add_worker_arguments(serve: argparse.ArgumentParser) -> None:
         f" (SIGABRT with a traceback, then SIGKILL; default {DEFAULT_WORKER_TIMEOUT:g})",
     )
     group.add_argument(
-        "--max-requests",
+        "--worker-max-requests",
         type=int,
         default=0,
         metavar="N",
         help="recycle a worker after it has served N connections (default 0: never)",
     )
     group.add_argument(
-        "--max-requests-jitter",
+        "--worker-max-requests-jitter",
         type=int,
         default=0,
         metavar="N",
-        help="add up to N to each worker's --max-requests, so that workers do not recycle at once",
+        help="add up to N to each worker's --worker-max-requests, so that workers do not recycle at once",
     )
 
 
@@ -60,15 +62,15 @@ def check_worker_arguments(args: argparse.Namespace) -> None:
     """The worker options make sense together, or a usage error saying why."""
     if args.workers is None:
         for option, name in (
-            ("--max-requests", "max_requests"),
-            ("--max-requests-jitter", "max_requests_jitter"),
+            ("--worker-max-requests", "worker_max_requests"),
+            ("--worker-max-requests-jitter", "worker_max_requests_jitter"),
         ):
             if getattr(args, name):
                 raise CommandError(f"{option} applies with --workers only", USAGE)
     elif getattr(args, "memtrace", None):
         raise CommandError("--memtrace traces one process: it does not apply with --workers", USAGE)
-    if args.max_requests < 0 or args.max_requests_jitter < 0:
-        raise CommandError("--max-requests and --max-requests-jitter must be at least 0", USAGE)
+    if args.worker_max_requests < 0 or args.worker_max_requests_jitter < 0:
+        raise CommandError("--worker-max-requests and --worker-max-requests-jitter must be at least 0", USAGE)
     if args.worker_timeout <= 0:
         raise CommandError("--worker-timeout must be more than 0 seconds", USAGE)
 
@@ -88,7 +90,12 @@ def serve_with_workers(
     from ..workers import Supervisor  # noqa: PLC0415
 
     spec = args.handler
-    if spec not in BUILTIN_HANDLERS and not _looks_like_a_handler(spec):
+    loader = None
+    if getattr(args, "wsgi", None) is not None:  # each worker loads the application afresh
+        from ._wsgi import wsgi_handler  # noqa: PLC0415
+
+        spec, loader = args.wsgi, functools.partial(_wsgi_loader, wsgi_handler, args)
+    elif spec not in BUILTIN_HANDLERS and not _looks_like_a_handler(spec):
         raise CommandError(
             f"cannot load the handler {spec!r}: expected MODULE:FUNCTION, or echo or discard", USAGE
         )
@@ -109,10 +116,11 @@ def serve_with_workers(
             listeners,
             workers=args.workers,
             worker_timeout=args.worker_timeout,
-            max_requests=args.max_requests,
-            max_requests_jitter=args.max_requests_jitter,
+            max_requests=args.worker_max_requests,
+            max_requests_jitter=args.worker_max_requests_jitter,
             grace=args.grace,
             server_options=server_options,
+            handler_loader=loader,
         )
         status = supervisor.run()
     say("stopped" if status == 0 else "no worker could start: stopped")
@@ -134,6 +142,12 @@ class _PerWorker:
 
     def __call__(self) -> list[Listener]:
         return self._make(self._cleanup, self._context)
+
+
+def _wsgi_loader(make: Callable[[argparse.Namespace], Handler | None], args: argparse.Namespace) -> Handler:
+    handler = make(args)
+    assert handler is not None  # with --wsgi, make() gives a handler or raises
+    return handler
 
 
 def _looks_like_a_handler(spec: str) -> bool:

@@ -34,6 +34,8 @@ from typing import Any
 
 import greenlet
 
+from ..server import Connection
+
 __all__ = ["SwitchAccounting", "label_of"]
 
 #: The events that switch greenlets ("throw" raises into the target; both switch).
@@ -144,11 +146,10 @@ def label_of(glet: Any) -> str:
     peer's address. A gevent greenlet is named by the function it runs; the
     hub and the main greenlet by what they are.
     """
-    peer = getattr(glet, "peer", None)
-    handler = _connection_handler(glet) if peer is not None else None
-    if handler is not None:
+    if isinstance(glet, Connection):
+        peer = glet.peer
         where = f" from {_peer_text(peer)}" if peer not in (None, "", b"") else ""
-        return f"{_callable_name(handler)}{where}"
+        return f"{_callable_name(glet.handler)}{where}"
     if glet.parent is None:
         return "main greenlet"
     kind = type(glet).__name__
@@ -158,12 +159,6 @@ def label_of(glet: Any) -> str:
     if run is not None:
         return _callable_name(run)
     return kind
-
-
-def _connection_handler(glet: Any) -> object:
-    """The handler a greenflow.Server connection greenlet runs, or None."""
-    settings = getattr(getattr(glet, "pool", None), "settings", None)  # greenflow.server.Connection
-    return getattr(settings, "handler", None)
 
 
 def _peer_text(peer: object) -> str:

@@ -282,7 +282,17 @@ class ListenOutput(Output):
                     return
                 log.debug("memtrace: a viewer's connection failed on %s: %s", listener.url, exc)
                 continue
-            self._spawn(self._serve, Sink(listener.open_flow(sock, None), self.hello))
+            self._spawn(self._welcome, listener, listener.open_flow(sock, None))
+
+    def _welcome(self, listener: Listener, flow: Flow) -> None:
+        """A viewer's own greenlet: the listener's layers first (a TLS handshake), then the trace."""
+        try:
+            established = listener.establish(flow)
+        except FlowError as exc:
+            flow.close()
+            log.info("memtrace: a viewer on %s could not connect: %s", listener.url, exc)
+            return
+        self._serve(Sink(established, self.hello))
 
     def close(self, timeout: float = 1.0) -> None:
         super().close(timeout)

@@ -95,7 +95,7 @@ so a script that ends with it stops cleanly on ``kill`` and on Ctrl-C.
 from __future__ import annotations
 
 from ._accept import ACCEPT_BATCH, MAX_BACKOFF, MIN_BACKOFF
-from ._connection import Handler, Phase, idle
+from ._connection import Connection, Handler, Phase, idle
 from ._server import DEFAULT_GRACE, DEFAULT_STOP_SIGNALS, Server, default_max_connections
 
 __all__ = [
@@ -104,6 +104,7 @@ __all__ = [
     "DEFAULT_STOP_SIGNALS",
     "MAX_BACKOFF",
     "MIN_BACKOFF",
+    "Connection",
     "Handler",
     "Phase",
     "Server",

@@ -117,6 +117,11 @@ class Connection(_GreenletBase):
         self.flow: Flow | None = None  # the plain flow, then the established one
         self.waiter: Any = None  # the watcher while AWAITING_DATA
 
+    @property
+    def handler(self) -> Handler:
+        """The handler this connection runs (for tools that label greenlets, such as memtrace)."""
+        return self.pool.settings.handler
+
     # -- the life of a connection ----------------------------------------------
 
     def _run(self) -> None:

@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
 
 import gevent
+from gevent import GreenletExit
 from gevent.greenlet import Greenlet
 
 from ..flow import Flow
@@ -139,7 +140,9 @@ def run_check(
     runner.join(bound)
     failure: Failure | None
     if runner.ready():
-        error = runner.value
+        # What _guarded does not catch (a flow's own BaseException, a kill)
+        # ended the runner: that fails the check too, it is no pass.
+        error = runner.value if runner.successful() else runner.exception
         failure = None if error is None else Failure(_describe(error), error, hung=False)
     else:
         runner.kill(Hung(), block=True, timeout=_GRACE)
@@ -257,7 +260,9 @@ def expect(error: type[BaseException], call: Callable[[], object], what: str) ->
 def _capture(function: Callable[..., object], *args: object) -> tuple[bool, object]:
     try:
         return True, function(*args)
-    except Exception as exc:
+    except (GreenletExit, Hung):
+        raise
+    except BaseException as exc:  # a flow's own BaseException is an outcome to report, by name
         return False, exc
 
 

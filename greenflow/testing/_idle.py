@@ -68,18 +68,23 @@ class _Watch:
         self.waiters: set[greenlet.greenlet] = set()
         self.last: weakref.ref[greenlet.greenlet] | None = None
         self._previous: _Trace | None = None
+        self._installed = False  # in greenlet's trace chain (perhaps under a later one)
 
     def join(self, waiter: greenlet.greenlet) -> None:
-        if not self.waiters:
+        if not self._installed:
             self._previous = greenlet.settrace(self._trace)
+            self._installed = True
         self.waiters.add(waiter)
 
     def leave(self, waiter: greenlet.greenlet) -> None:
         self.waiters.discard(waiter)
         self.moves += 1  # what the leaver does next may wake anyone
-        if not self.waiters:
+        if not self.waiters and greenlet.gettrace() == self._trace:
             greenlet.settrace(self._previous)
             self._previous = None
+            self._installed = False
+        # Otherwise a trace function was installed after ours and chains to
+        # it: ours stays in its chain and keeps passing events on.
 
     def _trace(self, event: _Event, args: tuple[greenlet.greenlet, greenlet.greenlet]) -> None:
         if event in ("switch", "throw"):

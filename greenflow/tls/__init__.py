@@ -17,6 +17,7 @@ from __future__ import annotations
 from OpenSSL import SSL
 
 from ..flow import Flow
+from ..scope import Scope, joined
 from ..sockets import connect_tcp
 from ._context import client_context, default_client_context, server_context
 from ._engine import TLSEngine, TLSEpoch
@@ -53,6 +54,7 @@ def client(
     timeout: float | None = None,
     allow_truncation: bool = False,
     session: SSL.Session | None = None,
+    scope: Scope | None = None,
 ) -> TLSFlow:
     """Run a TLS client handshake over ``flow`` and return the TLS flow.
 
@@ -71,6 +73,7 @@ def client(
             (lax mode, for peers known to end that way).
         session: an earlier connection's :attr:`TLSFlow.tls_session`, to
             resume.
+        scope: a :class:`greenflow.Scope` the TLS flow joins once made.
 
     Raises:
         TLSError: the handshake failed; :class:`TLSCertificateError` when the
@@ -96,7 +99,7 @@ def client(
     except BaseException:
         flow.close()
         raise
-    return _handshake(flow, engine, handshake_timeout, timeout)
+    return joined(_handshake(flow, engine, handshake_timeout, timeout), scope)
 
 
 def server(
@@ -106,6 +109,7 @@ def server(
     handshake_timeout: float | None = DEFAULT_HANDSHAKE_TIMEOUT,
     timeout: float | None = None,
     allow_truncation: bool = False,
+    scope: Scope | None = None,
 ) -> TLSFlow:
     """Run a TLS server handshake over ``flow`` and return the TLS flow.
 
@@ -118,7 +122,7 @@ def server(
     except BaseException:
         flow.close()
         raise
-    return _handshake(flow, engine, handshake_timeout, timeout)
+    return joined(_handshake(flow, engine, handshake_timeout, timeout), scope)
 
 
 def connect_tls(
@@ -133,6 +137,7 @@ def connect_tls(
     handshake_timeout: float | None = DEFAULT_HANDSHAKE_TIMEOUT,
     allow_truncation: bool = False,
     session: SSL.Session | None = None,
+    scope: Scope | None = None,
 ) -> TLSFlow:
     """Connect to ``host:port`` over TCP and run a TLS client handshake.
 
@@ -150,6 +155,7 @@ def connect_tls(
         timeout=timeout,
         allow_truncation=allow_truncation,
         session=session,
+        scope=scope,
     )
 
 

@@ -358,7 +358,12 @@ class TLSFlow(TLSPump):
         # The caller may write in the clear as soon as we return, so our
         # close_notify must be out first (a reader may have left it to the
         # background sender).
-        self._retry(_no_operation, None, None, _WAIT, None, what="unwrap")
+        timer = start_timer(self._timeout, "unwrap") if self._timeout is not None else None
+        try:  # the wait for the send lock too is bounded by the flow's timeout
+            self._retry(_no_operation, None, None, _WAIT, None, what="unwrap")
+        finally:
+            if timer is not None:
+                timer.close()
         engine = self._engine
         while engine.peer_ending not in _PEER_ENDED:
             data = self.read()

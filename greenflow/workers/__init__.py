@@ -13,7 +13,7 @@ SIGTTIN, TTOU  one worker more, one fewer
 
 ``greenflow serve --workers N`` runs one; see the documentation's
 "Scaling" page for the choices (shared sockets or ``SO_REUSEPORT``, the
-worker timeout, ``--max-requests``).
+worker timeout, ``--worker-max-requests``).
 """
 
 from __future__ import annotations

@@ -85,6 +85,7 @@ class WorkerSpec:
     listeners: ListenerSource
     server_options: Mapping[str, object]
     heartbeat_interval: float
+    loader: Callable[[], Handler] | None = None
 
 
 def run_worker(spec: WorkerSpec, pipe: int, max_requests: int, inherited: Sequence[int]) -> None:
@@ -149,7 +150,7 @@ class _Recycler:
 
 
 def _serve(spec: WorkerSpec, pipe: int, max_requests: int) -> int:
-    handler = _load(spec.handler)
+    handler = spec.loader() if spec.loader is not None else _load(spec.handler)
     source = spec.listeners
     if callable(source):
         listeners = list(source())

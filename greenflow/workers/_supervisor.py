@@ -47,7 +47,7 @@ import random
 import select
 import signal
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Final
 
@@ -128,6 +128,9 @@ class Supervisor:
         grace: the grace period of each worker's graceful stop.
         server_options: more keyword arguments for each worker's
             :class:`~greenflow.Server` (``timeout``, ``max_connections``...).
+        handler_loader: a function each worker calls to make its handler
+            (a WSGI application's, say), instead of importing ``handler``,
+            which then only names it in the logs.
 
     :meth:`run` serves until SIGTERM or SIGINT. SIGHUP reloads, SIGTTIN adds
     a worker and SIGTTOU removes one. The supervisor serves no connection.
@@ -147,6 +150,7 @@ class Supervisor:
         max_requests_jitter: int = 0,
         grace: float = DEFAULT_GRACE,
         server_options: Mapping[str, object] | None = None,
+        handler_loader: Callable[[], Handler] | None = None,
     ) -> None:
         if workers < 1:
             raise ValueError(f"a supervisor runs at least 1 worker, not {workers}")
@@ -158,7 +162,7 @@ class Supervisor:
             raise ValueError("a supervisor needs at least one listener")
         options = dict(server_options or {})
         options["grace"] = grace
-        self._spec = WorkerSpec(handler, listeners, options, min(1.0, worker_timeout / 4))
+        self._spec = WorkerSpec(handler, listeners, options, min(1.0, worker_timeout / 4), handler_loader)
         self._target = workers
         self._timeout = worker_timeout
         self._grace = grace
@@ -395,7 +399,7 @@ class Supervisor:
             self._backoff = 0.0
             log.info("worker %d ready", worker.pid)
         if RECYCLING in head:
-            log.info("worker %d served its max-requests; it stops and a new one starts", worker.pid)
+            log.info("worker %d served its max_requests; it stops and a new one starts", worker.pid)
             self._retire(worker)
 
     def _reap(self) -> None:

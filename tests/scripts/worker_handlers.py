@@ -40,3 +40,10 @@ def spin_forever() -> None:
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         pass
+
+
+def wsgi_app(environ: dict[str, object], start_response: object) -> list[bytes]:
+    """A WSGI application answering with the worker's pid (``serve --wsgi --workers``)."""
+    body = f"{os.getpid()}\n".encode()
+    start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", str(len(body)))])  # type: ignore[operator]
+    return [body]
