@@ -33,6 +33,7 @@ MODULES = (
     "streams",
     "writev",
     "connections",
+    "connection_processes",
     "tls",
     "idle_memory",
     "buffered",

@@ -52,6 +52,7 @@ from .sockets import (
     socketpair,
 )
 from .vsock import connect_vsock_uds, listen_vsock
+from .workers import Supervisor
 
 if TYPE_CHECKING:
     from .tls import TLSCertificateError, TLSError, TLSFlow, TLSTruncatedError, connect_tls
@@ -78,6 +79,7 @@ __all__ = [
     "Scope",
     "Server",
     "Shutdown",
+    "Supervisor",
     "SocketFlow",
     "TLSCertificateError",
     "TLSError",

@@ -17,11 +17,14 @@ import logging
 import operator
 from collections.abc import Iterable
 from types import TracebackType
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
 import gevent
 
 from .errors import FlowError
+
+if TYPE_CHECKING:
+    from .proxy_protocol import ProxyInfo
 
 __all__ = ["DEFAULT_READ_SIZE", "Buffer", "Flow", "Shutdown"]
 
@@ -302,6 +305,17 @@ class Flow(abc.ABC):
     def peer_address(self) -> object:
         """The other end's address (a socket address), or ``None``."""
         return None
+
+    @property
+    def proxy_info(self) -> ProxyInfo | None:
+        """What a PROXY protocol header said about this connection, or ``None``.
+
+        Set by :class:`greenflow.proxy_protocol.ProxyFlow`; a layer reports
+        its ``underlying`` flow's, so a TLS flow over a proxied connection
+        has it too. With a header, ``peer_address`` is the client's from it.
+        """
+        underlying = self.underlying
+        return None if underlying is None else underlying.proxy_info
 
 
 class _GracefulTimeout(BaseException):

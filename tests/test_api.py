@@ -35,6 +35,7 @@ PUBLIC = {
     "Server",
     "Shutdown",
     "SocketFlow",
+    "Supervisor",
     "TLSCertificateError",
     "TLSError",
     "TLSFlow",

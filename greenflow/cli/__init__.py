@@ -36,8 +36,10 @@ from ..selfsigned import write_self_signed_certificate
 from ..server import DEFAULT_GRACE, default_max_connections
 from ._common import CommandError, octal, positive_int, say, seconds
 from ._connect import connect, join_stdio, open_url, until_signalled
+from ._proxy import add_proxy_arguments
 from ._serve import DEFAULT_FIRST_DATA_TIMEOUT, load_handler, serve
 from ._tunnel import add_tunnel, tunnel
+from ._workers import add_worker_arguments
 from ._wsgi import DEFAULT_HANDLER, add_wsgi_arguments
 
 __all__ = ["DEFAULT_BIND", "build_parser", "main"]
@@ -86,6 +88,8 @@ def _add_serve(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     )
     _add_serve_limits(serve)
     _add_serve_tls(serve)
+    add_proxy_arguments(serve)
+    add_worker_arguments(serve)
     add_wsgi_arguments(serve)
     serve.add_argument(
         "--memtrace",
@@ -94,7 +98,11 @@ def _add_serve(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         " or a collector's tcp:// or unix: URL; SIGUSR2 then stops and starts tracing",
     )
     serve.add_argument("--backlog", type=positive_int, default=DEFAULT_BACKLOG, help="listen() backlog")
-    serve.add_argument("--reuse-port", action="store_true", help="set SO_REUSEPORT on TCP listeners")
+    serve.add_argument(
+        "--reuse-port",
+        action="store_true",
+        help="set SO_REUSEPORT on TCP listeners (with --workers: a socket per worker, see the docs)",
+    )
     serve.add_argument("--unix-mode", type=octal, metavar="MODE", help="file mode of Unix sockets, e.g. 660")
     serve.add_argument(
         "--log-level",

@@ -21,6 +21,8 @@ from ..handlers import BUILTIN_HANDLERS
 from ..listeners import Listener, listen_url
 from ..server import Handler, Server, default_max_connections
 from ._common import USAGE, CommandError, describe_error, load_tls_context, say
+from ._proxy import check_proxy_arguments, with_proxy_protocol
+from ._workers import check_worker_arguments, serve_with_workers
 from ._wsgi import wsgi_handler
 
 if TYPE_CHECKING:
@@ -39,23 +41,28 @@ DEFAULT_FIRST_DATA_TIMEOUT: Final = 30.0
 def serve(args: argparse.Namespace, binds: list[str]) -> int:
     """Run ``greenflow serve``; returns the exit status."""
     configure_logging(args.log_level)
+    check_worker_arguments(args)
+    if args.workers is not None:  # the supervisor: the workers load the handler, not this process
+        endpoints = _parse_binds(binds)
+        _check_tls_options(args, endpoints)
+        check_proxy_arguments(args)
+        return serve_with_workers(
+            args,
+            lambda cleanup: _tls_context(args, endpoints, cleanup),
+            lambda cleanup, context: _make_listeners(args, endpoints, cleanup, context),
+            _server_options(args),
+            endpoints,
+        )
     try:
         handler = wsgi_handler(args) or load_handler(args.handler)
     except (ImportError, AttributeError, ValueError) as exc:
         raise CommandError(f"cannot load the handler {args.handler!r}: {exc}", USAGE) from exc
     endpoints = _parse_binds(binds)
     _check_tls_options(args, endpoints)
+    check_proxy_arguments(args)
     with contextlib.ExitStack() as cleanup:
         listeners = _make_listeners(args, endpoints, cleanup)
-        server = Server(
-            handler,
-            *listeners,
-            max_connections=args.max_connections or default_max_connections(),
-            timeout=args.timeout,
-            grace=args.grace,
-            first_data_timeout=args.first_data_timeout or None,
-            connection_deadline=args.deadline,
-        )
+        server = Server(handler, *listeners, grace=args.grace, **_server_options(args))  # type: ignore[arg-type]
         server.start()
         if args.memtrace:
             from .. import memtrace  # noqa: PLC0415 - tracemalloc only when asked for
@@ -81,6 +88,16 @@ def serve(args: argparse.Namespace, binds: list[str]) -> int:
                 signal_handler.cancel()
         say("stopped")
     return 0
+
+
+def _server_options(args: argparse.Namespace) -> dict[str, object]:
+    """The Server's keyword arguments from the options (``grace`` apart)."""
+    return {
+        "max_connections": args.max_connections or default_max_connections(),
+        "timeout": args.timeout,
+        "first_data_timeout": args.first_data_timeout or None,
+        "connection_deadline": args.deadline,
+    }
 
 
 def configure_logging(level: str) -> None:
@@ -142,12 +159,22 @@ def _check_tls_options(args: argparse.Namespace, endpoints: list[Endpoint]) -> N
             )
 
 
-def _make_listeners(
+def _tls_context(
     args: argparse.Namespace, endpoints: list[Endpoint], cleanup: contextlib.ExitStack
-) -> list[Listener]:
-    context = None
+) -> SSL.Context | None:
     if any(endpoint.tls for endpoint in endpoints):
-        context = _server_tls_context(args, cleanup)
+        return _server_tls_context(args, cleanup)
+    return None
+
+
+def _make_listeners(
+    args: argparse.Namespace,
+    endpoints: list[Endpoint],
+    cleanup: contextlib.ExitStack,
+    context: SSL.Context | None = None,
+) -> list[Listener]:
+    if context is None:
+        context = _tls_context(args, endpoints, cleanup)
     listeners: list[Listener] = []
     try:
         for endpoint in endpoints:
@@ -161,7 +188,7 @@ def _make_listeners(
             )
             if not made:
                 raise CommandError(f"cannot listen on {endpoint.url}: it found no socket to listen on")
-            listeners.extend(made)
+            listeners.extend(with_proxy_protocol(args, listener) for listener in made)
     except (OSError, ValueError, FlowError) as exc:
         for listener in listeners:
             listener.close()

@@ -28,6 +28,9 @@ from ._accept import Acceptor
 from ._connection import Connection, Handler, Phase, Settings
 from ._stop import Connections, stopping_on_signals
 
+#: The phases of a connection accepted but not yet at its handler.
+_OPENING: Final = frozenset({Phase.ACCEPTED, Phase.AWAITING_DATA, Phase.ESTABLISHING})
+
 if TYPE_CHECKING:
     from OpenSSL import SSL
 
@@ -223,6 +226,18 @@ class Server:
         else:
             log.info("%s: already stopping", name)
 
+    def stop_accepting(self) -> None:
+        """Accept no more connections and close the listeners, ending none.
+
+        The first half of :meth:`stop`, for a worker process that hands its
+        share of a listening socket back to the others (``greenflow.workers``):
+        the connections accepted already go on, and a :meth:`stop` after it
+        drains them as usual. Idempotent.
+        """
+        if self._acceptor is not None:
+            self._acceptor.close()
+        self._close_listeners()
+
     def stop(self, grace: float | None = None) -> None:
         """Stop gracefully: refuse new connections, finish requests, end the rest.
 
@@ -321,6 +336,11 @@ class Server:
     def idle_connections(self) -> int:
         """How many of them are waiting for their next request (see :func:`idle`)."""
         return sum(1 for connection in self._connections.live if connection.phase is Phase.IDLE)
+
+    @property
+    def opening_connections(self) -> int:
+        """How many of them have not reached their handler yet (first bytes, handshake, header)."""
+        return sum(1 for connection in self._connections.live if connection.phase in _OPENING)
 
     @property
     def max_connections(self) -> int | None:

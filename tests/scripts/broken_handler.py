@@ -1,0 +1,3 @@
+"""A handler module that cannot be imported: the worker tests' crash at import."""
+
+raise RuntimeError("broken on purpose, at import")
