@@ -161,7 +161,7 @@ def test_a_reload_whose_workers_fail_keeps_the_old_ones(children: list[Served], 
 def test_max_requests_recycles_workers(children: list[Served]) -> None:
     served, port = start(
         children, "worker_handlers:once", "--bind", "tcp://127.0.0.1:0",
-        "--worker-max-requests", "3", "--worker-max-requests-jitter", "1", workers=1,
+        "--max-requests", "3", "--max-requests-jitter", "1", workers=1,
     )  # fmt: skip
     pids = [request(port) for _ in range(12)]
     assert len(set(pids)) >= 3  # at most 4 connections each
@@ -198,10 +198,10 @@ def test_reuse_port_gives_each_worker_its_own_socket(children: list[Served]) -> 
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["--worker-max-requests", "5"], "--worker-max-requests applies with --workers only"),
+        (["--max-requests", "5"], "--max-requests applies with --workers only"),
         (["--workers", "2", "--reuse-port"], "needs a fixed port"),
         (["--workers", "2", "--worker-timeout", "0"], "--worker-timeout must be more than 0"),
-        (["--workers", "2", "--worker-max-requests", "-1"], "must be at least 0"),
+        (["--workers", "2", "--max-requests", "-1"], "must be at least 0"),
         (["nonsense", "--workers", "2"], "expected MODULE:FUNCTION"),
     ],
 )
@@ -224,3 +224,12 @@ def test_wsgi_in_workers(children: list[Served]) -> None:
     assert head.startswith(b"HTTP/1.1 200") or head.startswith(b"HTTP/1.0 200"), reply
     assert int(body) in workers
     assert served.terminate() == 0
+
+
+def test_max_requests_is_the_workers_and_keepalive_requests_the_connections() -> None:
+    """Issue 15 names --max-requests for recycling workers; WSGI's per-connection bound has its own name."""
+    from greenflow.cli import build_parser
+
+    argv = ["serve", "--wsgi", "app:x", "--workers", "2", "--max-requests", "3", "--max-requests-jitter", "1"]
+    args = build_parser().parse_args([*argv, "--keepalive-requests", "5"])
+    assert (args.worker_max_requests, args.worker_max_requests_jitter, args.max_requests) == (3, 1, 5)

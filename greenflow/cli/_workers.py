@@ -21,7 +21,7 @@ __all__ = ["add_worker_arguments", "check_worker_arguments", "serve_with_workers
 
 
 def add_worker_arguments(serve: argparse.ArgumentParser) -> None:
-    """Add ``--workers``, ``--worker-timeout``, ``--worker-max-requests`` and its jitter."""
+    """Add ``--workers``, ``--worker-timeout``, ``--max-requests`` and its jitter."""
     from ..workers import DEFAULT_WORKER_TIMEOUT  # noqa: PLC0415 - kept out of the plain command's imports
 
     group = serve.add_argument_group(
@@ -43,18 +43,20 @@ def add_worker_arguments(serve: argparse.ArgumentParser) -> None:
         f" (SIGABRT with a traceback, then SIGKILL; default {DEFAULT_WORKER_TIMEOUT:g})",
     )
     group.add_argument(
-        "--worker-max-requests",
+        "--max-requests",
+        dest="worker_max_requests",
         type=int,
         default=0,
         metavar="N",
         help="recycle a worker after it has served N connections (default 0: never)",
     )
     group.add_argument(
-        "--worker-max-requests-jitter",
+        "--max-requests-jitter",
+        dest="worker_max_requests_jitter",
         type=int,
         default=0,
         metavar="N",
-        help="add up to N to each worker's --worker-max-requests, so that workers do not recycle at once",
+        help="add up to N to each worker's --max-requests, so that workers do not recycle at once",
     )
 
 
@@ -62,15 +64,15 @@ def check_worker_arguments(args: argparse.Namespace) -> None:
     """The worker options make sense together, or a usage error saying why."""
     if args.workers is None:
         for option, name in (
-            ("--worker-max-requests", "worker_max_requests"),
-            ("--worker-max-requests-jitter", "worker_max_requests_jitter"),
+            ("--max-requests", "worker_max_requests"),
+            ("--max-requests-jitter", "worker_max_requests_jitter"),
         ):
             if getattr(args, name):
                 raise CommandError(f"{option} applies with --workers only", USAGE)
     elif getattr(args, "memtrace", None):
         raise CommandError("--memtrace traces one process: it does not apply with --workers", USAGE)
     if args.worker_max_requests < 0 or args.worker_max_requests_jitter < 0:
-        raise CommandError("--worker-max-requests and --worker-max-requests-jitter must be at least 0", USAGE)
+        raise CommandError("--max-requests and --max-requests-jitter must be at least 0", USAGE)
     if args.worker_timeout <= 0:
         raise CommandError("--worker-timeout must be more than 0 seconds", USAGE)
 

@@ -32,7 +32,7 @@ _HTTP_OPTIONS = (
     ("--max-header-size", "max_header_size"),
     ("--keepalive-timeout", "keepalive_timeout"),
     ("--header-timeout", "header_timeout"),
-    ("--max-requests", "max_requests"),
+    ("--keepalive-requests", "max_requests"),
     ("--access-log", "access_log"),
 )
 
@@ -78,10 +78,11 @@ def add_wsgi_arguments(serve: argparse.ArgumentParser) -> None:
         " (default: greenflow.wsgi.DEFAULT_HEADER_TIMEOUT, 10)",
     )
     group.add_argument(
-        "--max-requests",
+        "--keepalive-requests",
+        dest="max_requests",
         type=positive_int,
         metavar="N",
-        help="requests per connection before it is closed"
+        help="requests per keep-alive connection before it is closed"
         " (default: greenflow.wsgi.DEFAULT_MAX_REQUESTS, 1000)",
     )
     group.add_argument(
