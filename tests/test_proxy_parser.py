@@ -407,3 +407,25 @@ def test_proxy_info() -> None:
 def test_encode_refuses(args: tuple[object, object], kwargs: dict[str, object], match: str) -> None:
     with pytest.raises(ValueError, match=match):
         encode(*args, **kwargs)  # type: ignore[arg-type]
+
+
+def test_header_for_a_flow_says_who_connected_to_whom() -> None:
+    """What greenflow tunnel --send-proxy writes: the flow's peer and local addresses, or UNKNOWN."""
+    import greenflow
+    from greenflow.proxy_protocol import HeaderParser, header_for
+
+    listener = greenflow.listen_tcp("127.0.0.1", 0)
+    try:
+        with greenflow.connect_tcp("127.0.0.1", listener.address[1], timeout=5) as client:
+            line = header_for(client, version=1)  # from this end: the peer connected to us
+            port = client.local_address[1]
+            assert line == f"PROXY TCP4 127.0.0.1 127.0.0.1 {listener.address[1]} {port}\r\n".encode()
+            parser = HeaderParser()
+            parser.feed(header_for(client, version=2))
+            assert parser.header is not None and parser.header.source == client.peer_address[:2]
+    finally:
+        listener.close()
+    left, right = greenflow.socketpair()  # unnamed Unix sockets: nothing a header can carry
+    with left, right:
+        assert header_for(left, version=1) == b"PROXY UNKNOWN\r\n"
+        assert header_for(left, version=2).startswith(b"\r\n\r\n\x00\r\nQUIT\n")

@@ -677,3 +677,23 @@ def test_a_vsock_listener(tunnels: Callable[..., Tunnel]) -> None:
         tunnel.wait_for(LISTENING)
         check_half_close(greenflow.connect_vsock(1, port, timeout=20))
         assert tunnel.stop() == 0
+
+
+@pytest.mark.parametrize("version", ["v1", "v2"])
+def test_send_proxy_tells_the_target_who_the_client_is(tunnels: Callable[..., Tunnel], version: str) -> None:
+    """The tunnel in front of a greenflow server that takes the PROXY protocol (issue 15's layer)."""
+    from greenflow.proxy_protocol import ProxyProtocolListener
+
+    def who(flow: Flow) -> None:
+        flow.write(repr(flow.peer_address).encode())
+
+    layered = ProxyProtocolListener(greenflow.listen_tcp("127.0.0.1", 0), header_timeout=5)
+    with backend(who, layered) as server:
+        tunnel = tunnels("--listen", "tcp://127.0.0.1:0", "--to", tcp_url(server), "--send-proxy", version)
+        with greenflow.connect_tcp("127.0.0.1", tunnel.port, timeout=10) as flow:
+            me = flow.local_address
+            seen = b""
+            while chunk := flow.read():
+                seen += chunk
+        assert seen.decode() == repr(me), "the target saw the tunnel, not the client"
+        assert tunnel.stop() == 0

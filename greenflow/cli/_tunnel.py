@@ -34,6 +34,7 @@ from ..copying import proxy
 from ..errors import FlowError
 from ..flow import Flow
 from ..listeners import Listener, listen_url
+from ..proxy_protocol import header_for
 from ..server import DEFAULT_GRACE, Server, default_max_connections
 from ..sockets import from_fd
 from ._common import USAGE, CommandError, describe_error, load_tls_context, positive_int, say, seconds
@@ -135,6 +136,13 @@ def _add_limits(parser: argparse.ArgumentParser) -> None:
         type=seconds,
         metavar="SECONDS",
         help="end a connection when no data moved either way for this long (default none)",
+    )
+    parser.add_argument(
+        "--send-proxy",
+        choices=["v1", "v2"],
+        metavar="VERSION",
+        help="send the target a PROXY protocol header (v1 or v2) with the client's address first,"
+        " as HAProxy's send-proxy does (default: none)",
     )
     parser.add_argument("--max-connections", type=positive_int, metavar="N", help="connections open at once")
     parser.add_argument(
@@ -424,6 +432,7 @@ class Relay:
         self._handshake_timeout = args.handshake_timeout or None
         self._idle_timeout = args.idle_timeout or None
         self._server_name: str | None = args.server_name
+        self._proxy_version = {"v1": 1, "v2": 2}.get(args.send_proxy or "")
         self._used_fds: set[int] = set()
 
     def __call__(self, client: Flow) -> None:
@@ -444,8 +453,13 @@ class Relay:
         except (FlowError, OSError, CommandError) as exc:
             log.warning("%s: cannot reach %s: %s", peer, target.url, describe_error(exc))
             return
-        # PROXY protocol (issue 15): a header telling the target who the client is
-        # goes here, written to ``upstream`` before the proxy starts.
+        if self._proxy_version is not None:
+            try:  # who the client is, before any of its bytes
+                upstream.write(header_for(client, version=self._proxy_version))
+            except FlowError as exc:
+                upstream.close()
+                log.warning("%s: cannot send the PROXY header to %s: %s", peer, target.url, exc)
+                return
         stats = proxy(client, upstream, self._idle_timeout)
         log.info(
             "%s -> %s: sent %d bytes, received %d bytes, %.3f s, %s",

@@ -18,7 +18,7 @@ and writes it:
 
 from __future__ import annotations
 
-from ._encode import encode, ssl_tlv
+from ._encode import encode, header_for, ssl_tlv
 from ._header import (
     TLV,
     V1_MAX_LENGTH,
@@ -58,6 +58,7 @@ __all__ = [
     "Transport",
     "accept",
     "crc32c",
+    "header_for",
     "encode",
     "parse_networks",
     "parse_v1_line",

@@ -13,6 +13,7 @@ import struct
 from collections.abc import Iterable
 from typing import Final
 
+from ..flow import Flow
 from ._header import TLV, V2_SIGNATURE, Command, Family, SSLClient, SSLSubtype, TLVType, Transport, crc32c
 
 __all__ = ["encode", "ssl_tlv"]
@@ -73,6 +74,28 @@ def encode(
     if checksum:
         header = header[:-4] + crc32c(header).to_bytes(4, "big")
     return header
+
+
+def header_for(flow: Flow, *, version: int = 2) -> bytes:
+    """The header a proxy sends ahead of ``flow``'s bytes: who connected to whom.
+
+    The source is the flow's ``peer_address``, the destination its
+    ``local_address``. Addresses a header cannot carry (an unnamed Unix
+    socket, vsock, mixed IPv4 and IPv6, a Unix path in a v1 header) make it
+    say so in the protocol's own terms: v1 ``UNKNOWN``, v2 ``UNSPEC``.
+    """
+    source, destination = flow.peer_address, flow.local_address
+    if isinstance(source, tuple) and isinstance(destination, tuple):
+        if not (isinstance(source[0], str) and isinstance(destination[0], str)):  # vsock: (cid, port)
+            source = destination = None
+    elif not (
+        isinstance(source, str | bytes) and source and isinstance(destination, str | bytes) and destination
+    ):
+        source = destination = None
+    try:
+        return encode(source, destination, version=version)
+    except ValueError:
+        return encode(None, None, version=version)
 
 
 def ssl_tlv(
