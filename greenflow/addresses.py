@@ -11,6 +11,9 @@ logs and error messages:
 ``unix:/path``, ``unix:///path``  a Unix socket file (``unix:name``: relative)
 ``unix:@name``                    a Unix socket in the abstract namespace
 ``unix+tls:...``                  TLS over a Unix socket, same paths
+``tcp+proxy://HOST:PORT``         a listener that reads a PROXY protocol header
+                                  first (``unix+proxy:``; ``+proxy+tls`` for TLS
+                                  after the header)
 ``fd://N`` (or ``fd:N``)          the socket at descriptor N
 ``systemd:``, ``systemd:NAME``    sockets from systemd socket activation (all,
                                   or those named NAME in ``LISTEN_FDNAMES``)
@@ -66,6 +69,10 @@ class Scheme(enum.Enum):
     TLS = "tls"
     UNIX = "unix"
     UNIX_TLS = "unix+tls"
+    TCP_PROXY = "tcp+proxy"
+    TCP_PROXY_TLS = "tcp+proxy+tls"
+    UNIX_PROXY = "unix+proxy"
+    UNIX_PROXY_TLS = "unix+proxy+tls"
     FD = "fd"
     SYSTEMD = "systemd"
     VSOCK = "vsock"
@@ -80,7 +87,21 @@ class Scheme(enum.Enum):
 SocketAddress: TypeAlias = tuple[str, int] | tuple[str, int, int, int]
 
 _SCHEMES: Final = {scheme.value: scheme for scheme in Scheme}
-_TLS_SCHEMES: Final = frozenset({Scheme.TLS, Scheme.UNIX_TLS, Scheme.VSOCK_TLS, Scheme.VSOCK_FRAMED_TLS})
+_TLS_SCHEMES: Final = frozenset(
+    {
+        Scheme.TLS,
+        Scheme.UNIX_TLS,
+        Scheme.TCP_PROXY_TLS,
+        Scheme.UNIX_PROXY_TLS,
+        Scheme.VSOCK_TLS,
+        Scheme.VSOCK_FRAMED_TLS,
+    }
+)
+_PROXY_SCHEMES: Final = frozenset(
+    {Scheme.TCP_PROXY, Scheme.TCP_PROXY_TLS, Scheme.UNIX_PROXY, Scheme.UNIX_PROXY_TLS}
+)
+_TCP_SCHEMES: Final = frozenset({Scheme.TCP, Scheme.TLS, Scheme.TCP_PROXY, Scheme.TCP_PROXY_TLS})
+_UNIX_SCHEMES: Final = frozenset({Scheme.UNIX, Scheme.UNIX_TLS, Scheme.UNIX_PROXY, Scheme.UNIX_PROXY_TLS})
 _FRAMED_SCHEMES: Final = frozenset({Scheme.VSOCK_FRAMED, Scheme.VSOCK_FRAMED_TLS, Scheme.VSOCK_UDS_FRAMED})
 _VSOCK_SCHEMES: Final = frozenset(
     {Scheme.VSOCK, Scheme.VSOCK_TLS, Scheme.VSOCK_FRAMED, Scheme.VSOCK_FRAMED_TLS}
@@ -125,15 +146,30 @@ class Endpoint:
         return self.scheme in _FRAMED_SCHEMES
 
     @property
+    def proxy(self) -> bool:
+        """Whether a listener URL asks for a PROXY protocol header first (``tcp+proxy://``, ...)."""
+        return self.scheme in _PROXY_SCHEMES
+
+    @property
+    def tcp(self) -> bool:
+        """Whether the URL names a TCP address (``tcp://``, ``tls://`` and the ``+proxy`` forms)."""
+        return self.scheme in _TCP_SCHEMES
+
+    @property
+    def unix(self) -> bool:
+        """Whether the URL names a Unix socket (``unix:``, ``unix+tls:`` and the ``+proxy`` forms)."""
+        return self.scheme in _UNIX_SCHEMES
+
+    @property
     def vsock(self) -> bool:
         """Whether the URL names an AF_VSOCK socket (``vsock://`` and its ``+`` forms)."""
         return self.scheme in _VSOCK_SCHEMES
 
     def __str__(self) -> str:
         scheme = self.scheme
-        if scheme in (Scheme.TCP, Scheme.TLS):
+        if scheme in _TCP_SCHEMES:
             return f"{scheme.value}://{_host_text(self.host)}:{self.port}"
-        if scheme in (Scheme.UNIX, Scheme.UNIX_TLS):
+        if scheme in _UNIX_SCHEMES:
             return f"{scheme.value}:{_path_text(self.path)}"
         if scheme is Scheme.FD:
             return f"fd://{self.fd}"
@@ -170,7 +206,7 @@ def parse_url(url: str, *, kind: str = "an address URL") -> Endpoint:
             raise _error(url, kind, "try tcp://127.0.0.1:8000, unix:/path or HOST:PORT")
         host, port = parse_host_port(url, url, kind=kind)  # HOST:PORT with no scheme
         return Endpoint(Scheme.TCP, host=host, port=port, url=url)
-    if scheme in (Scheme.UNIX, Scheme.UNIX_TLS):
+    if scheme in _UNIX_SCHEMES:
         return Endpoint(scheme, path=_unix_path(rest, url, kind), url=url)
     if scheme is Scheme.SYSTEMD:
         name = "" if rest == "//" else rest
@@ -197,7 +233,7 @@ def parse_url(url: str, *, kind: str = "an address URL") -> Endpoint:
     return Endpoint(scheme, host=host, port=port, url=url)
 
 
-_EXAMPLES: Final = {Scheme.TCP: "HOST:PORT", Scheme.TLS: "HOST:PORT", Scheme.VSOCK: "CID:PORT"}
+_EXAMPLES: Final = {scheme: "HOST:PORT" for scheme in _TCP_SCHEMES}
 
 
 def parse_host_port(text: str, url: str | None = None, *, kind: str = "an address URL") -> tuple[str, int]:

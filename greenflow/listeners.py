@@ -27,6 +27,7 @@ new listener in a :class:`greenflow.tls.TLSListener`.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import enum
 import errno
 import os
@@ -416,6 +417,10 @@ def listen_url(
     - ``unix:/path/to/socket`` (also ``unix:///path``, or a relative
       ``unix:name``), ``unix:@name`` for the abstract namespace, and
       ``unix+tls:...`` for TLS over a Unix socket;
+    - ``tcp+proxy://HOST:PORT`` and ``unix+proxy:/path``: a PROXY protocol
+      header comes first (:class:`greenflow.proxy_protocol.ProxyProtocolListener`,
+      the header required, no source trusted without one); ``tcp+proxy+tls://``
+      and ``unix+proxy+tls:`` run TLS after the header;
     - ``fd://N``: the listening socket inherited at descriptor N;
     - ``systemd:``: every socket passed by systemd socket activation, and
       ``systemd:NAME`` those named NAME in ``LISTEN_FDNAMES`` (an empty list
@@ -458,13 +463,23 @@ def _listen_endpoint(
     handshake_timeout: float | _TLSDefault | None,
 ) -> list[Listener]:
     scheme = endpoint.scheme
+    if endpoint.proxy:  # the plain listener, the PROXY layer on it, then TLS after the header
+        plain = dataclasses.replace(endpoint, scheme=Scheme.TCP if endpoint.tcp else Scheme.UNIX)
+        listeners = _listen_endpoint(
+            plain, backlog=backlog, reuse_port=reuse_port, mode=mode, context=None, handshake_timeout=None
+        )
+        from .proxy_protocol import ProxyProtocolListener  # noqa: PLC0415 - it builds on this module
+
+        return [
+            _with_tls(ProxyProtocolListener(listener), context, handshake_timeout) for listener in listeners
+        ]
     if scheme is Scheme.SYSTEMD:
         return listen_systemd(
             tls_context=context, handshake_timeout=handshake_timeout, name=endpoint.name or None
         )
     if scheme is Scheme.FD:
         return [listen_fd(endpoint.fd, tls_context=context, handshake_timeout=handshake_timeout)]
-    if scheme in (Scheme.UNIX, Scheme.UNIX_TLS):
+    if endpoint.unix:
         return [
             listen_unix(
                 endpoint.path,
@@ -511,7 +526,7 @@ def _listen_error(exc: OSError | ValueError, endpoint: Endpoint) -> OSError | Va
     reason = exc.strerror or str(exc)
     if exc.errno == errno.EBADF and endpoint.scheme is Scheme.FD:
         reason = f"descriptor {endpoint.fd} is not open"
-    elif exc.errno == errno.ENOENT and endpoint.scheme in (Scheme.UNIX, Scheme.UNIX_TLS):
+    elif exc.errno == errno.ENOENT and endpoint.unix:
         folder = os.path.dirname(endpoint.path) or "."
         reason = f"{reason} (is there a folder {folder}?)"
     return OSError(exc.errno, f"cannot listen on {url}: {reason}")  # errno picks the subclass

@@ -374,3 +374,37 @@ def test_the_layer_checks_its_arguments(closing: list[Listener]) -> None:
         ProxyProtocolListener(inner, header_timeout=-1)
     with pytest.raises(TypeError, match="wraps a Listener"):
         ProxyProtocolListener("tcp://127.0.0.1:0")  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("url", "tls"),
+    [
+        ("tcp+proxy://127.0.0.1:8000", False),
+        ("tcp+proxy+tls://[::1]:8000", True),
+        ("unix+proxy:/run/a.sock", False),
+    ],
+)
+def test_the_proxy_url_forms_parse_and_print_back(url: str, tls: bool) -> None:
+    from greenflow.addresses import parse_url
+
+    endpoint = parse_url(url)
+    assert endpoint.proxy and endpoint.tls is tls
+    assert str(endpoint) == url
+
+
+def test_a_server_on_a_tcp_proxy_url_sees_the_client_from_the_header() -> None:
+    from greenflow.proxy_protocol import encode
+
+    def who(flow: greenflow.Flow) -> None:
+        flow.write(repr(flow.peer_address).encode() + b" " + flow.read())
+
+    with greenflow.Server(who, "tcp+proxy://127.0.0.1:0", grace=1) as server:
+        assert server.urls[0].startswith("tcp+proxy://127.0.0.1:")
+        port = server.addresses[0][1]
+        with greenflow.connect_tcp("127.0.0.1", port, timeout=5) as client:
+            client.write(encode(("192.0.2.7", 4242), ("127.0.0.1", port), version=1) + b"hello")
+            client.shutdown("write")
+            got = b""
+            while chunk := client.read():
+                got += chunk
+    assert got == b"('192.0.2.7', 4242) hello"

@@ -84,7 +84,8 @@ def _add_serve(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         metavar="URL",
         help="tcp://HOST:PORT, HOST:PORT, tls://HOST:PORT, unix:/PATH, unix:@NAME, unix+tls:/PATH, "
         "fd://N, systemd: or systemd:NAME, vsock://CID:PORT, vsock+framed://CID:PORT (hvsock's framing),"
-        f" vsock+tls:// or vsock+framed+tls:// (repeatable; default {DEFAULT_BIND})",
+        " vsock+tls:// or vsock+framed+tls://, tcp+proxy://HOST:PORT or unix+proxy:/PATH (a PROXY"
+        f" protocol header first; +proxy+tls for TLS after it) (repeatable; default {DEFAULT_BIND})",
     )
     _add_serve_limits(serve)
     _add_serve_tls(serve)
