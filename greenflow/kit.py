@@ -38,6 +38,12 @@ return ``b""`` even on a broken flow; after ``shutdown("write")`` writes say
 is the contract's: closed beats busy, busy beats EOF or shut down, which beat
 an earlier failure.
 
+A flow whose every call counts (a socket's ``read`` and ``write``) may do
+what :meth:`~Direction.enter` and :meth:`~Direction.leave` do inline: take the
+direction when it is idle and open (``busy`` false, ``state`` OPEN), else
+ask :meth:`~Direction.refuse`; and at the end clear ``busy`` and, only if
+``timer`` is set, call ``leave``. The rules stay the kit's.
+
 A direction knows nothing of how its flow waits: waking a greenlet parked in
 a call when the state changes under it is the flow's job, and after the wake
 the flow asks the state (``reader.state is CLOSED``), never the wake-up.
@@ -102,18 +108,19 @@ class Direction:
         error: the error that broke the direction (kept after a later
             ``shut()``, for messages), or ``None``.
         busy: whether a greenlet is inside a call on this direction.
+        timer: the timer bounding the current call (:meth:`arm`), or ``None``.
         reading: whether this is the reading direction (EOF is an answer
             there, and an error on the writing side).
     """
 
-    __slots__ = ("_timer", "busy", "error", "reading", "state")
+    __slots__ = ("busy", "error", "reading", "state", "timer")
 
     def __init__(self, *, reading: bool) -> None:
         self.reading = reading
         self.state = _OPEN
         self.error: BrokenError | None = None
         self.busy = False
-        self._timer: gevent.Timeout | None = None
+        self.timer: gevent.Timeout | None = None
 
     def __repr__(self) -> str:
         name = "reading" if self.reading else "writing"
@@ -165,15 +172,15 @@ class Direction:
         Call it just before the call's first wait: a call that needs no wait
         never pays for a timer.
         """
-        if self._timer is None and timeout is not None:
-            self._timer = start_timer(timeout, what)
+        if self.timer is None and timeout is not None:
+            self.timer = start_timer(timeout, what)
 
     def leave(self) -> None:
         """End the current call: the direction is free, its timer stopped."""
         self.busy = False
-        timer = self._timer
+        timer = self.timer
         if timer is not None:
-            self._timer = None
+            self.timer = None
             timer.close()
 
     # -- state changes -----------------------------------------------------------
