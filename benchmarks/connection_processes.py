@@ -220,7 +220,7 @@ def workloads(quick: bool) -> list[Workload]:
     return [
         Workload(
             name="connections_processes",
-            family="connections",
+            family="connections_processes",
             title="Connection rate, clients in another process",
             unit="connections/s",
             higher_is_better=True,
