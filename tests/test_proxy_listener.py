@@ -408,3 +408,23 @@ def test_a_server_on_a_tcp_proxy_url_sees_the_client_from_the_header() -> None:
             while chunk := client.read():
                 got += chunk
     assert got == b"('192.0.2.7', 4242) hello"
+
+
+def test_wsgi_behind_the_proxy_protocol_sees_the_client_in_remote_addr() -> None:
+    """Issue 13 asks REMOTE_ADDR from the PROXY information: the flow's peer_address carries it."""
+    from greenflow import wsgi
+    from greenflow.proxy_protocol import encode
+
+    def app(environ: dict[str, object], start_response: object) -> list[bytes]:
+        start_response("200 OK", [("Content-Type", "text/plain")])  # type: ignore[operator]
+        return [f"{environ['REMOTE_ADDR']}:{environ['REMOTE_PORT']}".encode()]
+
+    with greenflow.Server(wsgi.handler(app), "tcp+proxy://127.0.0.1:0", grace=1) as server:
+        port = server.addresses[0][1]
+        with greenflow.connect_tcp("127.0.0.1", port, timeout=5) as client:
+            header = encode(("198.51.100.9", 5555), ("127.0.0.1", port), version=2)
+            client.write(header + b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            reply = b""
+            while chunk := client.read():
+                reply += chunk
+    assert reply.endswith(b"198.51.100.9:5555"), reply
