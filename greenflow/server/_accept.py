@@ -3,8 +3,9 @@
 Each listener has a libev I/O watcher whose callback runs in the hub and
 accepts up to :data:`ACCEPT_BATCH` connections per wake-up, so a burst of
 clients costs one loop turn and no greenlet switch. For each socket it makes
-a :class:`~greenflow.server._connection.Connection` greenlet and starts it;
-everything slow happens there, never on the accept path.
+a :class:`~greenflow.server._connection.Connection` greenlet and begins it
+(started at once, or with a first-data timeout once the client has sent
+something); everything slow happens there, never on the accept path.
 
 The :class:`Acceptor` accepts only while three things hold: it is open (the
 server is serving), the server has fewer connections than its limit, and it
@@ -131,7 +132,7 @@ class Acceptor:
             self._backoff = MIN_BACKOFF  # the first successful accept resets the delay
             connection = Connection(connections, listener, sock, address)
             live.add(connection)
-            connection.start()
+            connection.begin()
 
     def _accept_failed(self, listener: Listener, exc: OSError) -> None:
         if exc.errno in _FATAL_ERRORS:
