@@ -138,13 +138,15 @@ class DescriptorFlow(FlowBase):
                 try:
                     data = self._sock.recv(size)
                 except BlockingIOError:
-                    if self._park("read"):
-                        return b""
-                    continue
+                    data = None  # parked outside the handler, which would keep the error alive meanwhile
                 except InterruptedError:
                     continue
                 except OSError as exc:
                     raise self._read_failed(exc, "read") from exc
+                if data is None:
+                    if self._park("read"):
+                        return b""
+                    continue
                 if not data:
                     reader.end()
                 return data
@@ -166,9 +168,7 @@ class DescriptorFlow(FlowBase):
                 try:
                     count = self._sock.recv_into(buffer)
                 except BlockingIOError:
-                    if self._park("read_into"):
-                        return 0
-                    continue
+                    count = -1  # parked outside the handler (as in read)
                 except InterruptedError:
                     continue
                 except (TypeError, BufferError):
@@ -177,6 +177,10 @@ class DescriptorFlow(FlowBase):
                     return self._read_copied(check_writable_buffer(buffer))
                 except OSError as exc:
                     raise self._read_failed(exc, "read_into") from exc
+                if count < 0:
+                    if self._park("read_into"):
+                        return 0
+                    continue
                 if not count:
                     if not buffer or not memoryview(buffer).nbytes:  # no room: not EOF
                         raise ValueError("read_into needs a buffer with room for at least one byte")
@@ -193,13 +197,15 @@ class DescriptorFlow(FlowBase):
             try:
                 data = self._sock.recv(min(view.nbytes, DEFAULT_READ_SIZE))
             except BlockingIOError:
-                if self._park("read_into"):
-                    return 0
-                continue
+                data = None  # parked outside the handler (as in read)
             except InterruptedError:
                 continue
             except OSError as exc:
                 raise self._read_failed(exc, "read_into") from exc
+            if data is None:
+                if self._park("read_into"):
+                    return 0
+                continue
             if not data:
                 self._reader.end()
             view[: len(data)] = data
