@@ -121,6 +121,9 @@ class Connection(_GreenletBase):
     """
 
     # No __dict__: thousands of these stay parked at once (idle memory).
+    # No spawning stack either (gevent's documented knob): it would always be
+    # the hub's accept path, copied frame by frame for every connection.
+    spawning_stack_limit = 0
     __slots__ = (
         "accepted_at",
         "flow",
