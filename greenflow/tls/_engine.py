@@ -273,11 +273,7 @@ class TLSEngine:
         there is) and is kept for callers of greenflow 0.1. Works in
         ``ERROR`` too (the alert).
         """
-        records = self._records
-        size = records.outgoing()
-        if not size:
-            return b""
-        return records.take(size)
+        return self._records.take_all()
 
     # -- the operations -----------------------------------------------------------
 
@@ -400,6 +396,27 @@ class TLSEngine:
                 raise self._fail(TLSError("TLS renegotiation failed: the peer closed the connection"))
             return NEED_INPUT
         return sent
+
+    def encrypt(self, data: bytes | bytearray | memoryview) -> bytes | NeedInput:
+        """:meth:`write_plaintext` and :meth:`ciphertext_to_send` in one call.
+
+        Returns the ciphertext waiting for the peer once ``data`` was taken
+        (what was waiting before included), or ``NEED_INPUT`` as
+        :meth:`write_plaintext` does; raises as it does.
+        """
+        if self.state is not EngineState.OPEN:
+            self._check_open()
+        if self._ours is not OurEnding.OPEN:
+            raise ValueError("cannot send after close_notify")
+        try:
+            sealed = self._records.seal(data)
+        except BaseException as exc:
+            self._raise_failure(exc, "session")
+        if isinstance(sealed, int):  # WANT_INPUT
+            if self._peer is not PeerEnding.OPEN:
+                raise self._fail(TLSError("TLS renegotiation failed: the peer closed the connection"))
+            return NEED_INPUT
+        return sealed
 
     def write_close_notify(self) -> None:
         """End our side: write our close_notify to the outgoing BIO.

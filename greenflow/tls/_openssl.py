@@ -112,6 +112,7 @@ _ZERO_RETURN: Final = _lib.SSL_ERROR_ZERO_RETURN
 _NULL: Final = _ffi.NULL
 _from_buffer = _ffi.from_buffer
 _buffer = _ffi.buffer
+_unpack = _ffi.unpack
 #: Uninitialised C buffers: each is filled by OpenSSL before it is read.
 _allocate = _ffi.new_allocator(should_clear_after_alloc=False)
 
@@ -155,7 +156,17 @@ class RecordLayer:
         """Take up to ``size`` bytes of ciphertext from the outgoing BIO."""
         buffer = _allocate("char[]", size)
         count = _BIO_read(self._from, buffer, size)
-        return _buffer(buffer, count)[:] if count > 0 else b""
+        data: bytes = _unpack(buffer, count) if count > 0 else b""
+        return data
+
+    def take_all(self) -> bytes:
+        """Take all the ciphertext waiting in the outgoing BIO (``b""`` if none)."""
+        size = _BIO_get_mem_data(self._from, _NULL)
+        if not size:
+            return b""
+        buffer = _allocate("char[]", size)
+        data: bytes = _unpack(buffer, _BIO_read(self._from, buffer, size))
+        return data
 
     def take_unread(self, block: int) -> bytes:
         """Take every byte fed that OpenSSL has not consumed."""
@@ -203,6 +214,19 @@ class RecordLayer:
         if result > 0 and self._quiet():
             return result
         return self._settle(result)
+
+    def seal(self, data: bytes | bytearray | memoryview) -> bytes | int:
+        """Encrypt ``data`` whole and take the ciphertext waiting, or :data:`WANT_INPUT`."""
+        size = len(data)
+        result: int = _SSL_write(self._ssl, data if type(data) is bytes else _from_buffer(data), size)
+        if result <= 0 or not self._quiet():
+            result = self._settle(result)
+            if result <= 0:
+                return result
+        size = _BIO_get_mem_data(self._from, _NULL)
+        buffer = _allocate("char[]", size)
+        sealed: bytes = _unpack(buffer, _BIO_read(self._from, buffer, size))
+        return sealed
 
     def write(self, data: bytes | bytearray | memoryview) -> int:
         """Encrypt ``data`` whole (at most 2 GiB): its length, or :data:`WANT_INPUT`."""
