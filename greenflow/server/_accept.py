@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import errno
 import logging
+import socket
 from collections.abc import Sequence
 from typing import Any, Final
 
@@ -111,7 +112,15 @@ class Acceptor:
             log.exception("unexpected error while accepting on %s", listener.url)
 
     def _accept_batch(self, listener: Listener) -> None:
-        accept = listener.socket.accept
+        # The socket module's accept() wraps the system call in two enum
+        # conversions and two timeout look-ups per connection. For the stdlib
+        # socket class (which the listen_* functions always give) the loop
+        # calls its _accept(), the system call, and makes the new socket with
+        # the listener's family, type and protocol, as accept() would.
+        listening = listener.socket
+        raw = type(listening) is socket.socket
+        accept: Any = listening._accept if raw else listening.accept  # type: ignore[attr-defined]
+        family, kind, proto = int(listening.family), int(listening.type), listening.proto
         connections = self._connections
         live = connections.live
         limit = connections.limit
@@ -120,7 +129,7 @@ class Acceptor:
                 self.update()
                 return
             try:
-                sock, address = accept()
+                accepted, address = accept()
             except BlockingIOError:
                 return
             except OSError as exc:
@@ -130,6 +139,7 @@ class Acceptor:
                 self._accept_failed(listener, exc)
                 return
             self._backoff = MIN_BACKOFF  # the first successful accept resets the delay
+            sock = socket.socket(family, kind, proto, accepted) if raw else accepted
             connection = Connection(connections, listener, sock, address)
             live.add(connection)
             connection.begin()
