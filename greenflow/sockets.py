@@ -48,6 +48,10 @@ LINGER_TIMEOUT: Final = 1.0
 _LINGER_READ: Final = 65536
 _LINGER_POLL: Final = 0.01
 
+#: The flags of the peek in has_unread_input, as a plain int: or-ing the
+#: enum members would run Python code on every connection's close.
+_PEEK_NOW: Final = int(socket.MSG_PEEK | socket.MSG_DONTWAIT)
+
 
 class SocketFlow(DescriptorFlow):
     """A flow over a connected stream socket, which it owns.
@@ -149,7 +153,7 @@ class SocketFlow(DescriptorFlow):
         if state is DirectionState.CLOSED or state is DirectionState.EOF:
             return False  # nothing can follow the peer's EOF: no system call
         try:
-            return bool(self._sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT))
+            return bool(self._sock.recv(1, _PEEK_NOW))
         except OSError:  # nothing there (EAGAIN), or the connection is gone
             return False
 
