@@ -52,6 +52,8 @@ _LINGER_POLL: Final = 0.01
 #: enum members would run Python code on every connection's close.
 _PEEK_NOW: Final = int(socket.MSG_PEEK | socket.MSG_DONTWAIT)
 
+_NO_NAMES: Final[tuple[object, object]] = (None, None)
+
 
 class SocketFlow(DescriptorFlow):
     """A flow over a connected stream socket, which it owns.
@@ -94,7 +96,10 @@ class SocketFlow(DescriptorFlow):
         super().__init__(sock, fd, fd, timeout)
         self._sock: socket.socket = sock
         self._addresses: tuple[object, object] | None = None
-        self._names = (local_address, peer_address)
+        # Most flows are given no names: they share one tuple (a server keeps thousands).
+        self._names = (
+            _NO_NAMES if local_address is None and peer_address is None else (local_address, peer_address)
+        )
 
     def _end_writing(self) -> None:
         self._sock.shutdown(socket.SHUT_WR)
