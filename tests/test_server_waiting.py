@@ -210,3 +210,22 @@ def test_a_tls_listener_handshakes_after_the_wait(tmp_path: Path) -> None:
                 flow.write(b"secret")
                 assert flow.read() == b"secret"
             assert len(waiting(server)) == 1
+
+
+def test_a_stop_without_grace_leaves_no_waiting_connection_behind(recorder: Recorder) -> None:
+    before = open_fds()
+    server = Server(recorder, "tcp://127.0.0.1:0", first_data_timeout=30)
+    server.start()
+    clients = [socket.create_connection(("127.0.0.1", port_of(server)), timeout=10) for _ in range(3)]
+    try:
+        wait_all_blocked()
+        assert len(waiting(server)) == 3
+        server.stop(grace=0)
+        assert server.active_connections == 0
+        for client in clients:
+            assert client.recv(1) == b""
+    finally:
+        for client in clients:
+            client.close()
+    assert recorder.calls == 0
+    assert open_fds() == before
