@@ -32,7 +32,7 @@ import errno
 import logging
 import os
 import socket
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Any, Final, Protocol
 
 import gevent
@@ -88,7 +88,7 @@ class _Transport(Protocol):
 
     def send(self, data: Buffer, flags: int, /) -> int: ...
 
-    def sendmsg(self, buffers: list[memoryview], ancdata: tuple[()], flags: int, /) -> int: ...
+    def sendmsg(self, buffers: Sequence[Buffer], ancdata: tuple[()], flags: int, /) -> int: ...
 
 
 class DescriptorFlow(FlowBase):
@@ -251,7 +251,7 @@ class DescriptorFlow(FlowBase):
             except BaseException as exc:
                 reraise(exc, self._write_interrupted(writer, exc, "write"))
             if sent != len(data):
-                self._send(writer, memoryview(data)[sent:], "write")
+                self._send(writer, memoryview(data)[sent:], "write", not sent)
         finally:
             writer.busy = False
             if writer.timer is not None:
@@ -259,71 +259,107 @@ class DescriptorFlow(FlowBase):
 
     def writev(self, buffers: Iterable[Buffer]) -> None:
         writer = self._writer
-        writer.enter("writev")
+        if writer.busy or writer.state is not _OPEN:
+            writer.refuse("writev")  # raises, or takes the direction
+        else:
+            writer.busy = True
         try:
             if type(buffers) is not list and type(buffers) is not tuple:
                 buffers = check_buffers(buffers)
-            try:
-                # Items, not bytes, for odd formats: the total only picks the path.
-                small = sum(map(len, buffers)) < _JOIN_BELOW
-            except TypeError:
-                buffers = check_buffers(buffers)  # raises for what is not bytes-like
-                small = sum(view.nbytes for view in buffers) < _JOIN_BELOW
-            if small:
+            # bytes and bytearray: their lengths are byte counts, and the
+            # system call takes them as they are. Anything else is checked
+            # and made a flat byte view first.
+            plain = True
+            for item in buffers:
+                kind = type(item)
+                if kind is not bytes and kind is not bytearray:
+                    plain = False
+                    break
+            if not plain:
+                buffers = check_buffers(buffers)  # TypeError: nothing was sent
+            total = sum(map(len, buffers))
+            if total < _JOIN_BELOW:
                 # A small message: one copy and one send beat gather I/O.
+                self._send(writer, b"".join(buffers), "writev")
+            elif total:
+                # Everything in one system call, the common case: no views made.
+                blocked = False
                 try:
-                    data = b"".join(buffers)
-                except TypeError:  # a strided view: check_buffers copies it
-                    data = b"".join(check_buffers(buffers))
-                self._send(writer, data, "writev")
-            else:
-                self._send_views(writer, [check_bytes_like(b) for b in buffers])
+                    sent = self._sock.sendmsg(buffers, (), _NOSIGNAL) if len(buffers) <= _IOV_MAX else 0
+                except BlockingIOError:
+                    sent, blocked = 0, True
+                except BaseException as exc:
+                    reraise(exc, self._write_interrupted(writer, exc, "writev"))
+                if sent != total:
+                    views = [memoryview(b).cast("B") for b in buffers]
+                    self._send_views(writer, views, sent, blocked)
         finally:
-            writer.leave()
+            writer.busy = False
+            if writer.timer is not None:
+                writer.leave()
 
-    def _send(self, writer: Direction, data: bytes | memoryview, what: str) -> None:
-        """Send all of ``data`` (a flat byte view): try once, then wait and loop."""
+    def _send(self, writer: Direction, data: bytes | memoryview, what: str, waiting: bool = False) -> None:
+        """Send all of ``data`` (a flat byte view): try once, then wait and loop.
+
+        ``waiting``: the caller's own try found the socket full (it refused
+        the bytes: ``EAGAIN``), so wait before trying again: a retry at once
+        would only fail again, at the cost of a system call. After a short
+        send the loop retries at once, as space may have freed meanwhile.
+        """
         send = self._sock.send
         try:
-            try:
-                sent = send(data, _NOSIGNAL)
-            except BlockingIOError:
-                sent = 0
-            view = memoryview(data)[sent:] if sent != len(data) else None
+            sent = 0
+            if not waiting:
+                try:
+                    sent = send(data, _NOSIGNAL)
+                except BlockingIOError:
+                    waiting = True
+                if sent == len(data):
+                    return
+            view = memoryview(data)[sent:]
             while view:
+                if waiting:
+                    writer.arm(self._timeout, what)
+                    self._wait_writable(what)
                 try:
                     sent = send(view, _NOSIGNAL)
                 except BlockingIOError:
-                    writer.arm(self._timeout, what)
-                    self._wait_writable(what)
+                    waiting = True
                     continue
                 except InterruptedError:
+                    waiting = False
                     continue
                 view = view[sent:]
+                waiting = False  # a short send: space may free up at once (loopback ACKs)
         except BaseException as exc:
             reraise(exc, self._write_interrupted(writer, exc, what))
 
-    def _send_views(self, writer: Direction, views: list[memoryview]) -> None:
-        # gevent's sendmsg tries once, waits once and may return a short
-        # count; this loop owns the retries, drops what was sent and slices
-        # the first buffer that was sent in part.
+    def _send_views(self, writer: Direction, views: list[memoryview], sent: int, blocked: bool) -> None:
+        # The rest of a gather write whose first ``sent`` bytes went out, and
+        # whether the socket refused the last try (EAGAIN: wait before the
+        # next; after a short send, retry at once, as _send does): this loop
+        # owns the retries, drops what was sent and slices the first buffer
+        # that was sent in part.
         first = 0
         try:
-            while first < len(views):
-                batch = views[first : first + _IOV_MAX]
-                try:
-                    sent = self._sock.sendmsg(batch, (), _NOSIGNAL)
-                except BlockingIOError:
-                    writer.arm(self._timeout, "writev")
-                    self._wait_writable("writev")
-                    continue
-                except InterruptedError:
-                    continue
+            while True:
                 while first < len(views) and sent >= len(views[first]):
                     sent -= len(views[first])
                     first += 1
+                if first == len(views):
+                    return
                 if sent:
                     views[first] = views[first][sent:]
+                if blocked:
+                    writer.arm(self._timeout, "writev")
+                    self._wait_writable("writev")
+                try:
+                    sent = self._sock.sendmsg(views[first : first + _IOV_MAX], (), _NOSIGNAL)
+                    blocked = False
+                except BlockingIOError:
+                    sent, blocked = 0, True
+                except InterruptedError:
+                    sent, blocked = 0, False
         except BaseException as exc:
             reraise(exc, self._write_interrupted(writer, exc, "writev"))
 
