@@ -66,6 +66,9 @@ except (AttributeError, ValueError, OSError):  # pragma: no cover - not Linux
 #: writev joins the buffers into one send below this total size: a copy of a
 #: few KiB is cheaper than the gather bookkeeping (performance notes, point 2).
 _JOIN_BELOW = 4096
+#: A read of this many bytes or more means a transfer is streaming in: the
+#: next read tries the system call before it waits (``_wait_first``).
+_STREAMING = 4096
 _OPEN: Final = DirectionState.OPEN
 _CLOSED: Final = DirectionState.CLOSED
 _SHUT: Final = DirectionState.SHUT
@@ -104,11 +107,12 @@ class DescriptorFlow(FlowBase):
     writing and release everything.
     """
 
-    __slots__ = ("_fd", "_hub", "_read_watcher", "_sock", "_write_fd", "_write_watcher")
+    __slots__ = ("_fd", "_hub", "_read_watcher", "_sock", "_starved", "_write_fd", "_write_watcher")
 
     def __init__(self, transport: _Transport, read_fd: int, write_fd: int, timeout: float | None) -> None:
         super().__init__(timeout=timeout)
         self._sock = transport
+        self._starved = 0  # see _wait_first
         self._fd = read_fd
         self._write_fd = write_fd
         self._hub = _get_hub()
@@ -134,10 +138,13 @@ class DescriptorFlow(FlowBase):
         else:
             reader.busy = True
         try:
+            if self._starved and self._wait_first("read"):
+                return b""
             while True:
                 try:
                     data = self._sock.recv(size)
                 except BlockingIOError:
+                    self._starved = 1
                     if self._park("read"):
                         return b""
                     continue
@@ -147,6 +154,8 @@ class DescriptorFlow(FlowBase):
                     raise self._read_failed(exc, "read") from exc
                 if not data:
                     reader.end()
+                elif len(data) >= _STREAMING:
+                    self._starved = 0
                 return data
         finally:
             reader.busy = False
@@ -162,10 +171,13 @@ class DescriptorFlow(FlowBase):
         else:
             reader.busy = True
         try:
+            if self._starved and self._wait_first("read_into"):
+                return 0
             while True:
                 try:
                     count = self._sock.recv_into(buffer)
                 except BlockingIOError:
+                    self._starved = 1
                     if self._park("read_into"):
                         return 0
                     continue
@@ -181,6 +193,8 @@ class DescriptorFlow(FlowBase):
                     if not buffer or not memoryview(buffer).nbytes:  # no room: not EOF
                         raise ValueError("read_into needs a buffer with room for at least one byte")
                     reader.end()
+                elif count >= _STREAMING:
+                    self._starved = 0
                 return count
         finally:
             reader.busy = False
@@ -204,6 +218,25 @@ class DescriptorFlow(FlowBase):
                 self._reader.end()
             view[: len(data)] = data
             return len(data)
+
+    def _wait_first(self, what: str) -> bool:
+        """For a starved reader: wait for data before trying to read it.
+
+        A read tries the system call first, and waits only when it finds
+        nothing (``EAGAIN``). In a request/response exchange it always finds
+        nothing: the answer is still on its way. So a flow whose last try
+        found nothing is *starved*, and its next reads wait first, sparing a
+        system call and an exception each. Every eighth read of a starved
+        flow tries first anyway, to notice that data now waits; a read that
+        brings a block of :data:`_STREAMING` bytes or more ends the state
+        (a transfer is streaming in). True means reading was shut down.
+        """
+        starved = self._starved
+        if starved & 7:
+            self._starved = starved + 1
+            return self._park(what)
+        self._starved = 0  # this one tries first; EAGAIN makes it starved again
+        return False
 
     def _park(self, what: str) -> bool:
         """Wait until the fd is readable; True means reading was shut down meanwhile."""
