@@ -158,6 +158,8 @@ class DescriptorFlow(FlowBase):
                     reader.end()
                 elif len(data) >= _STREAMING:
                     self._starved = 0
+                elif len(data) < size and not self._starved:
+                    self._starved = 1  # a short read took all there was
                 return data
         finally:
             reader.busy = False
@@ -199,6 +201,8 @@ class DescriptorFlow(FlowBase):
                     reader.end()
                 elif count >= _STREAMING:
                     self._starved = 0
+                elif count < len(buffer) and not self._starved:
+                    self._starved = 1  # a short read took all there was
                 return count
         finally:
             reader.busy = False
@@ -231,8 +235,10 @@ class DescriptorFlow(FlowBase):
         A read tries the system call first, and waits only when it finds
         nothing (``EAGAIN``). In a request/response exchange it always finds
         nothing: the answer is still on its way. So a flow whose last try
-        found nothing is *starved*, and its next reads wait first, sparing a
-        system call and an exception each. Every eighth read of a starved
+        found nothing, or whose last read was short and small (it took all
+        there was), is *starved*, and its next reads wait first, sparing a
+        system call and an exception each (and a parked reader keeps no
+        exception's frame alive). Every eighth read of a starved
         flow tries first anyway, to notice that data now waits; a read that
         brings a block of :data:`_STREAMING` bytes or more ends the state
         (a transfer is streaming in). True means reading was shut down.

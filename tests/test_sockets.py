@@ -587,3 +587,22 @@ def test_a_starved_reader_sees_eof() -> None:
     assert b.read() == b""
     a.close()
     b.close()
+
+
+@pytest.mark.timeout(30)
+def test_a_short_small_read_starves_the_reader_and_a_full_one_does_not() -> None:
+    a, b = tcp_pair()
+    a.write(b"abc")
+    gevent.socket.wait_read(b.socket.fileno(), timeout=5)
+    assert b.read(100) == b"abc"  # all there was: the next read waits first
+    assert b._starved  # type: ignore[attr-defined]
+    a.write(b"d")
+    assert b.read(100) == b"d"
+    c, d = tcp_pair()
+    c.write(b"efgh")
+    gevent.socket.wait_read(d.socket.fileno(), timeout=5)
+    buffer = bytearray(4)
+    assert d.read_into(buffer) == 4  # filled the buffer: more may be waiting
+    assert not d._starved  # type: ignore[attr-defined]
+    for flow in (a, b, c, d):
+        flow.close()
