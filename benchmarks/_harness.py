@@ -101,19 +101,40 @@ class Row:
 
 @dataclass(frozen=True)
 class Target:
-    """A goal from the benchmark issue: ``case`` against the baseline of ``workload``."""
+    """A goal from the issues: ``case`` against the baseline of ``workload``.
+
+    With ``against`` (another case of the workload, a peer), the goal is the
+    ratio of ``case`` to that peer instead; it is "not run" when the peer was
+    skipped.
+    """
 
     workload: str
     case: str
     minimum: float | None = None
     maximum: float | None = None
     note: str = ""
+    against: str = ""
+
+    @property
+    def bound(self) -> str:
+        return f">= {self.minimum}" if self.minimum is not None else f"<= {self.maximum}"
+
+    @property
+    def label(self) -> str:
+        """The goal in words, as the reports show it."""
+        of = self.against or "baseline"
+        return f"{self.workload}: {self.case} {self.bound} of {of}" + (f" ({self.note})" if self.note else "")
 
     def check(self, rows: dict[tuple[str, str], Row]) -> tuple[float | None, bool | None]:
         row = rows.get((self.workload, self.case))
         ratio = row.ratio if row is not None else None
         if ratio is None:
             return None, None
+        if self.against:
+            peer = rows.get((self.workload, self.against))
+            if peer is None or not peer.ratio:
+                return None, None
+            ratio /= peer.ratio
         if self.minimum is not None:
             return ratio, ratio >= self.minimum
         assert self.maximum is not None
@@ -361,12 +382,9 @@ def write_markdown(
     out += ["", "## Targets", "", "| target | ratio | met |", "| --- | ---: | --- |"]
     for target in targets:
         ratio, met = target.check(rows)
-        bound = f">= {target.minimum}" if target.minimum is not None else f"<= {target.maximum}"
         verdict = "not run" if met is None else ("yes" if met else "**no**")
-        label = f"{target.workload}: {target.case} {bound} of baseline" + (
-            f" ({target.note})" if target.note else ""
-        )
-        out.append(f"| {label} | {format_value(ratio) if ratio is not None else '-'} | {verdict} |")
+        shown = format_value(ratio) if ratio is not None else "-"
+        out.append(f"| {target.label} | {shown} | {verdict} |")
     if chart:
         out += ["", "## Chart", "", f"![ratios to the baseline of each workload]({chart})"]
     out += ["", "## Results"]
