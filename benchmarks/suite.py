@@ -54,7 +54,9 @@ TARGETS = [
     Target("idle_memory", "greenflow.Server", maximum=1.0, note="bytes per idle connection"),
     Target("writev_256", "greenflow writev", minimum=2.3),
     Target("wsgi_hello", "greenflow.wsgi", minimum=1.0, note="against gevent.pywsgi"),
-    Target("framed_bulk", "FramedFlow read_into", minimum=0.8, note="against the plain flow under it"),
+    Target(
+        "framed_bulk", "greenflow FramedFlow read_into", minimum=0.8, note="against the plain flow under it"
+    ),
     Target("copy_bulk", "greenflow.copy", minimum=0.95, note="against the raw gevent relay loop"),
 ]
 
