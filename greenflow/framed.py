@@ -10,9 +10,9 @@ Theory of operation
 -------------------
 
 Reading: a read takes payload the core already holds; only when it holds
-none does it read the transport, one large block (``DEFAULT_READ_SIZE``),
-and feed it to the core, which gathers the payload of many frames into one
-answer. Writing: a write cuts the data into frames of 4 KiB, joined with
+none does it read the transport, one large block (``READ_BLOCK``: the frames
+of one 64 KiB write), and feed it to the core, which gathers the payload of
+many frames into one answer. Writing: a write cuts the data into frames of 4 KiB, joined with
 their headers per 64 KiB, and hands them to the transport in one call.
 
 Control frames go out in order with the data, from the core's outbox:
@@ -66,7 +66,7 @@ from gevent import getcurrent
 
 from .errors import BrokenError, BusyError, FlowError
 from .flow import DEFAULT_READ_SIZE, Buffer, Flow, Shutdown
-from .framing import Event, FrameProtocol, Inbound
+from .framing import READ_BLOCK, Event, FrameProtocol, Inbound
 from .kit import (
     DirectionState,
     FlowBase,
@@ -227,7 +227,7 @@ class FramedFlow(FlowBase):
         reader.arm(self._timeout, what)
         self._read_greenlet = getcurrent()
         try:
-            block = self._flow.read(DEFAULT_READ_SIZE)
+            block = self._flow.read(READ_BLOCK)
         except _WokenByReadShutdown:
             return False
         except _WokenByClose:

@@ -72,6 +72,7 @@ __all__ = [
     "CLOSE",
     "MAX_FRAME_RECEIVED",
     "MAX_FRAME_SENT",
+    "READ_BLOCK",
     "SHUTDOWN_READ",
     "SHUTDOWN_WRITE",
     "Event",
@@ -91,6 +92,11 @@ MAX_FRAME_RECEIVED: Final = 256 * 1024
 
 #: The payload of the full frames joined into one buffer by ``frames``.
 SEND_BATCH: Final = 16 * MAX_FRAME_SENT
+#: What the adapter asks the transport for in one read: the frames of one
+#: :data:`SEND_BATCH`, headers included (65,600 bytes), so that reads stay in
+#: step with a peer's 64 KiB writes instead of leaving a piece of a frame
+#: behind each time (a 64 KiB read did: 1.12 to 1.15 times slower).
+READ_BLOCK: Final = SEND_BATCH // MAX_FRAME_SENT * (4 + MAX_FRAME_SENT)
 #: writev joins its buffers before framing them up to this total (a copy of
 #: a few pages is cheaper than many small frames).
 _JOIN_UP_TO: Final = SEND_BATCH
