@@ -61,9 +61,10 @@ clears with :meth:`~FrameProtocol.pending`. The outbound stream moves through
 from __future__ import annotations
 
 import enum
+import operator
 import struct
 import sys
-from itertools import chain
+from collections.abc import Callable
 from typing import Final
 
 from .errors import BrokenError, ClosedError
@@ -104,18 +105,33 @@ _JOIN_UP_TO: Final = SEND_BATCH
 _LITTLE_ENDIAN: Final = sys.byteorder == "little"
 _FULL_FRAME: Final = 4 + MAX_FRAME_SENT
 _WORDS_PER_FRAME: Final = _FULL_FRAME // 4
-#: The most full frames taken in one run, and the slices of their bodies in a
-#: run (precomputed: slicing with them through ``map`` runs in C).
+#: The most full frames taken in one run.
 _MAX_RUN: Final = 64
-_BODY_SLICES: Final = [
-    tuple(slice(i * _FULL_FRAME + 4, (i + 1) * _FULL_FRAME) for i in range(count))
-    for count in range(_MAX_RUN + 1)
+
+
+def _slicer(slices: list[slice]) -> Callable[[memoryview], tuple[memoryview, ...]]:
+    """One call that cuts a view into the pieces ``slices`` name, in C.
+
+    ``operator.itemgetter`` with many slices makes all the pieces in one
+    call, a tuple: about twice as fast as slicing through ``map``, which a
+    join must first turn into a list.
+    """
+    if len(slices) == 1:
+        (only,) = slices
+        return lambda view: (view[only],)
+    return operator.itemgetter(*slices)
+
+
+#: For a run of ``count`` full frames: the cutter of their bodies
+#: (``_BODY_CUTS[count]``), and of ``count`` frames' worth of payload to send.
+_BODY_CUTS: Final = [
+    _slicer([slice(i * _FULL_FRAME + 4, (i + 1) * _FULL_FRAME) for i in range(count)])
+    for count in range(1, _MAX_RUN + 1)
 ]
-_SEND_SLICES: Final = [
-    tuple(slice(i * MAX_FRAME_SENT, (i + 1) * MAX_FRAME_SENT) for i in range(count))
-    for count in range(SEND_BATCH // MAX_FRAME_SENT + 1)
+_SEND_CUTS: Final = [
+    _slicer([slice(i * MAX_FRAME_SENT, (i + 1) * MAX_FRAME_SENT) for i in range(count)])
+    for count in range(1, SEND_BATCH // MAX_FRAME_SENT + 1)
 ]
-_NOTHING: Final = (b"",)
 _HEADER: Final = struct.Struct("<I")
 _unpack_from: Final = _HEADER.unpack_from
 _FULL_HEADER: Final = _HEADER.pack(MAX_FRAME_SENT)
@@ -284,7 +300,7 @@ class FrameProtocol:
                     run = data[pos:stop]
                     heads = run.cast("I")[::_WORDS_PER_FRAME].tolist()
                     if heads.count(MAX_FRAME_SENT) == count and self.inbound is _FRAMES:
-                        pieces += map(run.__getitem__, _BODY_SLICES[count])
+                        pieces += _BODY_CUTS[count - 1](run)
                         pos = stop
                         limit -= count * MAX_FRAME_SENT
                         continue
@@ -368,9 +384,7 @@ class FrameProtocol:
         for start in range(0, full, SEND_BATCH):
             batch = payload[start : start + SEND_BATCH] if full - start > SEND_BATCH else payload[start:full]
             # A leading b"" makes join put a header before the first body too.
-            out.append(
-                join(chain(_NOTHING, map(batch.__getitem__, _SEND_SLICES[len(batch) // MAX_FRAME_SENT])))
-            )
+            out.append(join((b"", *_SEND_CUTS[len(batch) // MAX_FRAME_SENT - 1](batch))))
         if full < size:
             out += (_HEADER.pack(size - full), payload[full:])
         return out
