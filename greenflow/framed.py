@@ -16,8 +16,13 @@ many frames into one answer. Over a socket flow, ``read_into`` skips the
 block and its copies when the core can lay out the next frames
 (:meth:`~greenflow.framing.FrameProtocol.scatter`): one ``readv`` puts the
 bodies straight into the caller's buffer and the headers aside, and the core
-checks the headers afterwards, parsing whatever was not a full data frame. Writing: a write cuts the data into frames of 4 KiB, joined with
-their headers per 64 KiB, and hands them to the transport in one call.
+checks the headers afterwards, parsing whatever was not a full data frame.
+
+Writing: a write cuts the data into frames of 4 KiB, joined with their
+headers per 64 KiB, and hands them to the transport in one call (a gather
+write of the headers and views of the caller's data measured no faster over
+a socket flow: the copy in C costs about what the kernel's and ``sendmsg``'s
+per-piece work does).
 
 Control frames go out in order with the data, from the core's outbox:
 ShutdownWrite at once, by ``shutdown("write")`` itself; ShutdownRead and
