@@ -24,9 +24,9 @@ from collections.abc import Callable, Sequence
 
 from cryptography import x509
 from OpenSSL import SSL, crypto
-from OpenSSL._util import lib as _lib
 
 from ._errors import TLSError, reasons
+from ._openssl import set_expected_host
 
 __all__ = ["client_context", "default_client_context", "server_context"]
 
@@ -312,13 +312,6 @@ def _set_expected_host(
     conn: SSL.Connection, name: str, address: ipaddress.IPv4Address | ipaddress.IPv6Address | None
 ) -> None:
     """Make OpenSSL check the peer's name inside the handshake."""
-    param = _lib.SSL_get0_param(conn._ssl)
-    if address is not None:
-        packed = address.packed
-        ok = _lib.X509_VERIFY_PARAM_set1_ip(param, packed, len(packed))
-    else:
-        _lib.X509_VERIFY_PARAM_set_hostflags(param, _lib.X509_CHECK_FLAG_NO_PARTIAL_WILDCARDS)
-        encoded = _ascii_name(name)
-        ok = _lib.X509_VERIFY_PARAM_set1_host(param, encoded, len(encoded))
-    if ok != 1:  # pragma: no cover - OpenSSL refuses only NUL bytes (refused above) or lacks memory
+    ok = set_expected_host(conn, address if address is not None else _ascii_name(name))
+    if not ok:  # pragma: no cover - OpenSSL refuses only NUL bytes (refused above) or lacks memory
         raise ValueError(f"{name!r} is not a host name OpenSSL can check a certificate against")

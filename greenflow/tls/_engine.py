@@ -80,44 +80,40 @@ ciphertext.
 Cost
 ----
 
-pyOpenSSL calls are not free (a few microseconds of wrapper code and cffi
-each) and every Want* exception costs about a microsecond more, so the engine
-makes as few as it can: ``write_plaintext`` takes up to four records' worth of
-plaintext in one call, ``ciphertext_to_send`` drains with a buffer larger than one
-chunk's ciphertext and knows it has drained everything when the answer is
-shorter than the buffer (no extra call ending in ``WantReadError``), and
-``read_plaintext`` reads one whole record per call.
+The engine's calls go straight to OpenSSL's record layer through the
+private bindings (``_openssl.RecordLayer``): no pyOpenSSL wrapper code per
+call, and "wants more input" is a number, not a ``WantReadError`` (about
+1.2 us each in pyOpenSSL). ``write_plaintext`` takes up to four records'
+worth of plaintext in one call, ``ciphertext_to_send`` asks how much is
+there and takes it in one call, ``read_plaintext_into`` decrypts straight
+into the caller's buffer, and a read that finds nothing fed and nothing
+decrypted answers ``NEED_INPUT`` without asking OpenSSL at all.
 
 What pyOpenSSL does not expose
 ------------------------------
 
-A few things need OpenSSL functions that pyOpenSSL's public API lacks, and
-are done through its cffi bindings (``OpenSSL._util``): here, whole (not
-partial) writes (``SSL_clear_mode``), whether a session was resumed
-(``SSL_session_reused``), how much is buffered (``SSL_pending``,
-``BIO_get_mem_data``), and taking back the ciphertext that follows the
-peer's close_notify out of the incoming BIO (``BIO_read`` on it), which is
-what ``unwrap`` returns for STARTTLS-style protocols; in ``_context.py``,
-the host name check inside the handshake (``X509_VERIFY_PARAM_set1_host``,
-so a wrong server fails *before* we send it anything, with an alert); in
-``_errors.py``, the reason a certificate did not verify
-(``SSL_get_verify_result``) and a subject that ``cryptography`` cannot
-parse (``X509_NAME_oneline``).
+Every use of pyOpenSSL's internals is in ``_openssl.py``, which says what it
+needs and fails loudly when an upgrade removes it: the record layer above,
+whole (not partial) writes (``SSL_clear_mode``), whether a session was
+resumed, taking back the ciphertext that follows the peer's close_notify
+out of the incoming BIO (what ``unwrap`` returns for STARTTLS-style
+protocols), the host name check inside the handshake (for ``_context.py``,
+so a wrong server fails *before* we send it anything, with an alert), the
+reason a certificate did not verify and a subject that ``cryptography``
+cannot parse (for ``_errors.py``).
 """
 
 from __future__ import annotations
 
 import enum
-from collections.abc import Callable
-from typing import Final, NoReturn, TypeVar, cast
+from typing import Final, NoReturn, TypeVar
 
 from OpenSSL import SSL
-from OpenSSL._util import ffi as _ffi
-from OpenSSL._util import lib as _lib
 
 from ._context import expect_server
 from ._epoch import TLSEpoch, read_epoch
 from ._errors import TLSCertificateError, TLSError, TLSTruncatedError, translate
+from ._openssl import WANT_INPUT, RecordLayer
 
 __all__ = [
     "NEED_INPUT",
@@ -130,8 +126,7 @@ __all__ = [
     "TLSEpoch",
 ]
 
-_X = TypeVar("_X")
-_R = TypeVar("_R")
+_E = TypeVar("_E", bytes, int)
 
 #: The largest TLS record's plaintext.
 RECORD_SIZE: Final = 16384
@@ -142,17 +137,16 @@ WRITE_CHUNK: Final = 4 * RECORD_SIZE
 #: Worst-case bytes a record adds (TLS 1.2 CBC with SHA-384 and padding; TLS
 #: 1.3 and GCM add 22 to 29), with room to spare.
 _RECORD_OVERHEAD: Final = 512
-#: The buffer ``ciphertext_to_send`` drains the outgoing BIO with when it has
-#: no better idea: more than one chunk's ciphertext, so one call drains it.
+#: The block ``unread_ciphertext`` takes the incoming BIO's leftovers in.
 _DRAIN_SIZE: Final = WRITE_CHUNK + 4 * _RECORD_OVERHEAD
 #: Why a read first checks whether it is *starved* (no plaintext decrypted
 #: and not taken, no ciphertext fed and not processed, and no transport EOF
-#: to report): asking OpenSSL anyway costs a ``WantReadError`` (about 1.2 us
-#: in pyOpenSSL) on every read that finds nothing there, which is every read
-#: of a request/response exchange.
+#: to report): asking OpenSSL anyway costs a call into OpenSSL on every read
+#: that finds nothing there, which is every read of a request/response
+#: exchange; two cheap queries of its buffers cost less.
 #:
-#: Most plaintext one ``recv`` call asks for: OpenSSL returns at most one
-#: record per call anyway, so a larger request only costs a larger malloc.
+#: Most plaintext one ``read_plaintext_into`` call asks for: OpenSSL returns
+#: at most one record per call anyway (``read_plaintext`` asks for one record).
 _READ_CHUNK: Final = 65536
 
 
@@ -217,6 +211,7 @@ class TLSEngine:
         "_error",
         "_ours",
         "_peer",
+        "_records",
         "_server_hostname",
         "allow_truncation",
         "server_side",
@@ -234,11 +229,8 @@ class TLSEngine:
         session: SSL.Session | None = None,
     ) -> None:
         conn = SSL.Connection(context, None)
-        # pyOpenSSL turns on partial writes, which make SSL_write stop after
-        # each record. A memory BIO never refuses bytes, so whole writes are
-        # safe here, and one call then encrypts a whole chunk.
-        _lib.SSL_clear_mode(conn._ssl, _lib.SSL_MODE_ENABLE_PARTIAL_WRITE)
         self._conn = conn
+        self._records = RecordLayer(conn)  # whole writes; no exception for "wants input"
         self.server_side = server_side
         self.allow_truncation = allow_truncation
         self.state = EngineState.HANDSHAKING
@@ -265,7 +257,7 @@ class TLSEngine:
         """Feed ciphertext that arrived from the peer."""
         if data:
             try:
-                self._conn.bio_write(data)
+                self._records.feed(data)
             except BaseException as exc:
                 self._raise_failure(exc, "session")
 
@@ -277,24 +269,11 @@ class TLSEngine:
     def ciphertext_to_send(self, size_hint: int = _DRAIN_SIZE) -> bytes:
         """Take all the ciphertext waiting for the peer (``b""`` if none).
 
-        ``size_hint`` is the expected amount: asking for more than is there
-        lets one call drain the BIO, since a short answer means it is empty.
-        Works in ``ERROR`` too (the alert); a failure here is recorded as the
-        error only if there was none yet.
+        ``size_hint`` is no longer needed (the engine asks OpenSSL how much
+        there is) and is kept for callers of greenflow 0.1. Works in
+        ``ERROR`` too (the alert).
         """
-        conn = self._conn
-        if not _lib.BIO_get_mem_data(conn._from_ssl, _ffi.NULL):
-            return b""  # empty: a bio_read would only raise WantReadError (costly)
-        try:
-            data = conn.bio_read(size_hint)
-            if len(data) < size_hint:
-                return data
-            parts = [data]
-            while _lib.BIO_get_mem_data(conn._from_ssl, _ffi.NULL):
-                parts.append(conn.bio_read(_DRAIN_SIZE))
-        except BaseException as exc:
-            self._raise_failure(exc, "session")
-        return b"".join(parts)
+        return self._records.take_all()
 
     # -- the operations -----------------------------------------------------------
 
@@ -309,15 +288,15 @@ class TLSEngine:
             self._check_error()
             return None
         try:
-            self._conn.do_handshake()
-        except SSL.WantReadError:
+            done = self._records.handshake()
+        except BaseException as exc:
+            self._raise_failure(exc, "handshake")
+        if done == WANT_INPUT:
             if self._peer is not PeerEnding.OPEN:
                 raise self._fail(
                     TLSError("TLS handshake failed: the peer closed the connection during the handshake")
-                ) from None
+                )
             return NEED_INPUT
-        except BaseException as exc:
-            self._raise_failure(exc, "handshake")
         self.state = EngineState.OPEN
         return None
 
@@ -332,36 +311,50 @@ class TLSEngine:
             TLSError: an alert, garbage, or a failed renegotiation.
             ValueError: the handshake has not completed.
         """
-        return self._read(self._conn.recv, min(max_bytes, _READ_CHUNK), None, b"")
-
-    def read_plaintext_into(self, buffer: bytearray | memoryview) -> int | NeedInput:
-        """As :meth:`read_plaintext`, into ``buffer``; returns the count (0 at EOF)."""
-        return self._read(self._conn.recv_into, cast(bytearray, buffer), min(len(buffer), _READ_CHUNK), 0)
-
-    def _read(
-        self, recv: Callable[[_X, int | None], _R], first: _X, second: int | None, eof: _R
-    ) -> _R | NeedInput:
-        """A read with OpenSSL's ``recv`` or ``recv_into``: ``recv(first, second)``."""
         if self.state is not EngineState.OPEN:
             self._check_open()
         peer = self._peer
         if peer is PeerEnding.OPEN:
-            # Starved (see the note above _READ_CHUNK): nothing decrypted and
-            # not taken, nothing fed and not processed.
-            conn = self._conn
-            if not _lib.SSL_pending(conn._ssl) and not _lib.BIO_get_mem_data(conn._into_ssl, _ffi.NULL):
+            if self._records.starved():  # see the note above _READ_CHUNK
                 return NEED_INPUT
         elif peer is not PeerEnding.TRANSPORT_EOF:
-            return eof
+            return b""
         try:
-            return recv(first, second)
-        except SSL.WantReadError:
-            return NEED_INPUT if self._input_may_come() else eof
-        except SSL.ZeroReturnError:
-            self._peer = PeerEnding.CLOSE_NOTIFY_RECEIVED
-            return eof
+            data = self._records.read(min(max_bytes, RECORD_SIZE))
         except BaseException as exc:
             self._raise_failure(exc, "session")
+        if isinstance(data, int):
+            return self._read_ended(data, b"")
+        return data
+
+    def read_plaintext_into(self, buffer: bytearray | memoryview) -> int | NeedInput:
+        """As :meth:`read_plaintext`, into ``buffer``; returns the count (0 at EOF).
+
+        ``buffer`` is a flat view of bytes (``kit.check_writable_buffer``).
+        """
+        if self.state is not EngineState.OPEN:
+            self._check_open()
+        peer = self._peer
+        if peer is PeerEnding.OPEN:
+            if self._records.starved():
+                return NEED_INPUT
+        elif peer is not PeerEnding.TRANSPORT_EOF:
+            return 0
+        view = buffer if type(buffer) is memoryview else memoryview(buffer)
+        try:
+            count = self._records.read_into(view[:_READ_CHUNK] if len(view) > _READ_CHUNK else view)
+        except BaseException as exc:
+            self._raise_failure(exc, "session")
+        if count > 0:
+            return count
+        return self._read_ended(count, 0)
+
+    def _read_ended(self, answer: int, eof: _E) -> _E | NeedInput:
+        """A read that returned no plaintext: wants input, or the peer ended."""
+        if answer == WANT_INPUT:
+            return NEED_INPUT if self._input_may_come() else eof
+        self._peer = PeerEnding.CLOSE_NOTIFY_RECEIVED
+        return eof
 
     def _input_may_come(self) -> bool:
         """After a read wanted input: True if it may come; False for a
@@ -395,16 +388,35 @@ class TLSEngine:
         if self._ours is not OurEnding.OPEN:
             raise ValueError("cannot send after close_notify")
         try:
-            sent: int = self._conn.send(data)
-        except SSL.WantReadError:
-            if self._peer is not PeerEnding.OPEN:
-                raise self._fail(
-                    TLSError("TLS renegotiation failed: the peer closed the connection")
-                ) from None
-            return NEED_INPUT
+            sent = self._records.write(data)
         except BaseException as exc:
             self._raise_failure(exc, "session")
+        if sent == WANT_INPUT:
+            if self._peer is not PeerEnding.OPEN:
+                raise self._fail(TLSError("TLS renegotiation failed: the peer closed the connection"))
+            return NEED_INPUT
         return sent
+
+    def encrypt(self, data: bytes | bytearray | memoryview) -> bytes | NeedInput:
+        """:meth:`write_plaintext` and :meth:`ciphertext_to_send` in one call.
+
+        Returns the ciphertext waiting for the peer once ``data`` was taken
+        (what was waiting before included), or ``NEED_INPUT`` as
+        :meth:`write_plaintext` does; raises as it does.
+        """
+        if self.state is not EngineState.OPEN:
+            self._check_open()
+        if self._ours is not OurEnding.OPEN:
+            raise ValueError("cannot send after close_notify")
+        try:
+            sealed = self._records.seal(data)
+        except BaseException as exc:
+            self._raise_failure(exc, "session")
+        if isinstance(sealed, int):  # WANT_INPUT
+            if self._peer is not PeerEnding.OPEN:
+                raise self._fail(TLSError("TLS renegotiation failed: the peer closed the connection"))
+            return NEED_INPUT
+        return sealed
 
     def write_close_notify(self) -> None:
         """End our side: write our close_notify to the outgoing BIO.
@@ -451,12 +463,7 @@ class TLSEngine:
         After the peer's close_notify these are the bytes the peer sent after
         it, in the clear (STARTTLS-style protocols).
         """
-        into = self._conn._into_ssl
-        parts = []
-        buf = _ffi.new("char[]", _DRAIN_SIZE)
-        while (count := _lib.BIO_read(into, buf, _DRAIN_SIZE)) > 0:
-            parts.append(_ffi.buffer(buf, count)[:])
-        return b"".join(parts)
+        return self._records.take_unread(_DRAIN_SIZE)
 
     # -- information -------------------------------------------------------------------
 

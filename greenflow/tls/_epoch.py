@@ -6,7 +6,8 @@ from dataclasses import dataclass
 
 from cryptography import x509
 from OpenSSL import SSL
-from OpenSSL._util import lib as _lib
+
+from ._openssl import session_reused
 
 __all__ = ["TLSEpoch", "read_epoch"]
 
@@ -57,6 +58,6 @@ def read_epoch(conn: SSL.Connection, server_side: bool, server_hostname: str | N
         alpn_protocol=alpn.decode("ascii", "replace") if alpn else None,
         server_name=server_name,
         peer_certificate=peer.to_cryptography() if peer is not None else None,
-        resumed=bool(_lib.SSL_session_reused(conn._ssl)),
+        resumed=session_reused(conn),
         renegotiations=conn.total_renegotiations(),
     )

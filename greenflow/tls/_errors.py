@@ -16,10 +16,9 @@ from typing import Final
 
 from cryptography import x509
 from OpenSSL import SSL, crypto
-from OpenSSL._util import ffi as _ffi
-from OpenSSL._util import lib as _lib
 
 from ..errors import BrokenError
+from ._openssl import subject_oneline, verify_result
 
 __all__ = ["TLSCertificateError", "TLSError", "TLSTruncatedError", "certificate_error", "translate"]
 
@@ -107,8 +106,7 @@ def certificate_error(
     conn: SSL.Connection, phase: str, *, server_side: bool, expected_name: str | None
 ) -> TLSCertificateError:
     """The error for a peer certificate that did not verify, saying why."""
-    code = int(_lib.SSL_get_verify_result(conn._ssl))
-    reason = _ffi.string(_lib.X509_verify_cert_error_string(code)).decode("ascii", "replace")
+    code, reason = verify_result(conn)
     chain = conn.get_peer_cert_chain() or []
     whose = "client" if server_side else "server"
     if code in (_X509_V_ERR_HOSTNAME_MISMATCH, _X509_V_ERR_IP_ADDRESS_MISMATCH):
@@ -147,14 +145,10 @@ def certificate_subject(cert: crypto.X509) -> str:
         pass
     # pyOpenSSL's own X509Name is deprecated; OpenSSL's one-line form is
     # the same information ("/O=.../CN=...").
-    name = _lib.X509_get_subject_name(cert._x509)
-    text = _lib.X509_NAME_oneline(name, _ffi.NULL, 0)
-    if text == _ffi.NULL:  # pragma: no cover - only when OpenSSL is out of memory
+    text = subject_oneline(cert)
+    if text is None:  # pragma: no cover - only when OpenSSL is out of memory
         return "a subject that could not be read"
-    try:
-        return _ffi.string(text).decode("utf-8", "replace") or "an empty subject"
-    finally:
-        _lib.OPENSSL_free(text)
+    return text or "an empty subject"
 
 
 def certificate_names(cert: crypto.X509) -> str:

@@ -195,19 +195,35 @@ class TLSFlow(TLSPump):
 
     def write(self, data: Buffer) -> None:
         writer = self._writer
-        writer.enter("write")  # a writing direction refuses or is taken
+        # The kit's enter and leave, inline on this path (as the descriptor
+        # flows do): a writing direction refuses, or is taken.
+        if writer.busy or writer.state is not _OPEN:
+            writer.refuse("write")
+        else:
+            writer.busy = True
         try:
             view = data if type(data) is bytes else check_bytes_like(data)  # TypeError: nothing sent
             try:
-                if len(view) <= WRITE_CHUNK:
-                    if view:
-                        self._encrypt(view, "write")
-                else:
+                size = len(view)
+                if size > WRITE_CHUNK:
                     self._encrypt_all(view, "write")
+                elif size:
+                    sealed = self._engine.encrypt(view)
+                    lock = self._send_lock
+                    if sealed is NEED_INPUT or self._outbox or lock.locked() or self._timeout is not None:
+                        self._send_sealed(sealed, view, "write")
+                    else:
+                        # Nothing queued before it, nobody sending, no timer:
+                        # rule 3 is the lock alone, and nothing can have
+                        # changed the direction since it was taken.
+                        with lock:
+                            self._under.write(sealed)
             except BaseException as exc:
                 reraise(exc, self._write_failed(exc, "write"))
         finally:
-            writer.leave()
+            writer.busy = False
+            if writer.timer is not None:
+                writer.leave()
 
     def writev(self, buffers: Iterable[Buffer]) -> None:
         writer = self._writer
@@ -277,11 +293,25 @@ class TLSFlow(TLSPump):
         The engine takes a chunk whole (no partial writes on memory BIOs),
         or answers ``NEED_INPUT`` in a renegotiation, and the loop retries.
         """
-        write_plaintext = self._engine.write_plaintext
-        sent = write_plaintext(chunk)
-        self._retry(
-            write_plaintext, chunk, sent, _WAIT, self._writer, what=what, hint=len(chunk) + _CHUNK_SLACK
-        )
+        self._send_sealed(self._engine.encrypt(chunk), chunk, what)
+
+    def _send_sealed(self, sealed: bytes | NeedInput, chunk: bytes | memoryview, what: str) -> None:
+        """Send what :meth:`TLSEngine.encrypt` answered for ``chunk``."""
+        if sealed is NEED_INPUT:  # a TLS 1.2 renegotiation must hear from the peer first
+            self._retry(
+                self._engine.write_plaintext,
+                chunk,
+                NEED_INPUT,
+                _WAIT,
+                self._writer,
+                what=what,
+                hint=len(chunk) + _CHUNK_SLACK,
+            )
+            return
+        # What the loop does for an answer at once (rules 1 and 3): the
+        # ciphertext joins the queue, and the writer sends it all, waiting.
+        self._outbox.append(sealed)
+        self._send_waiting(self._writer, what)
 
     # -- ending --------------------------------------------------------------------------
 

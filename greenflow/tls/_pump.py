@@ -422,6 +422,15 @@ class TLSPump(FlowBase):
         """
         if self._receiving or self._state not in _UNDER_OPEN:
             return
+        under = self._under
+        arrived = getattr(under, "has_unread_input", None)  # socket flows: a non-blocking peek
+        if arrived is not None:
+            # Each read takes what is there without waiting, and this costs
+            # no turn of the event loop (a zero timer would, at every close).
+            for _ in range(16):
+                if not arrived() or not under.read(RECEIVE_SIZE):
+                    break
+            return
         with bounded(0):
             for _ in range(16):
                 if not self._under.read(RECEIVE_SIZE):
