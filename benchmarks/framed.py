@@ -7,13 +7,19 @@ reads to EOF 64 KiB at a time and counts. The rows differ only in the layer
 which keeps the rows whose name starts with ``greenflow``, reports them):
 
 - ``greenflow plain flow`` (the baseline): greenflow socket flows, ``read_into``;
-- ``greenflow FramedFlow read_into`` and ``greenflow FramedFlow read``: the same flows under
-  :class:`greenflow.FramedFlow`, whose writes go out as 4 KiB frames (16
-  headers and bodies in one gather write per 64 KiB) and whose reads parse
-  many frames per block read from the socket.
+- ``greenflow FramedFlow read_into`` and ``greenflow FramedFlow read``: the
+  same flows under :class:`greenflow.FramedFlow`, whose writes go out as
+  4 KiB frames (16 headers and bodies joined into one send per 64 KiB);
+  ``read_into`` reads 16 frames at a time straight into the buffer (one
+  ``readv``: headers aside, bodies in place), ``read`` parses the frames of
+  a 65,600-byte block read from the socket.
 
-The framing's cost is the ratio: a header per 4 KiB, one more copy on the
-reading side, and the Python that cuts and parses frames.
+The framing's cost is the ratio: a header per 4 KiB, a copy on the writing
+side (and on the reading side for ``read``), the kernel's work per piece of
+a scattered read, and the Python that cuts and checks frames. Measured on
+the 2-core machine of December 2026 (per 64 KiB: plain 12.5 us, the framed
+writer 4.8 us more, the framed reader 4.8 us more), the ratio is about 0.57;
+a C program doing the same system calls with no Python reached 0.67 to 0.76.
 """
 
 from __future__ import annotations
