@@ -44,16 +44,27 @@ def raw_and_framed(**options: float) -> tuple[Flow, FramedFlow]:
     return raw, flow
 
 
-def read_in_pieces(pieces: list[bytes], size: int = 65536) -> tuple[bytes, BaseException | None, Flow]:
-    """Write ``pieces`` one per read of the framed side; what it read, and how it ended."""
+def read_in_pieces(
+    pieces: list[bytes], size: int = 65536, *, into: bool = True
+) -> tuple[bytes, BaseException | None, Flow]:
+    """Write ``pieces`` one per read of the framed side; what it read, and how it ended.
+
+    The framed side reads with ``read_into`` (``into``, the fast path) or
+    ``read`` (which parses the frames of block reads: the same pieces, for contrast).
+    """
     raw, flow = raw_and_framed()
     got = bytearray()
 
     def read() -> BaseException | None:
         buffer = bytearray(size)
         try:
-            while count := flow.read_into(buffer):
-                got.extend(buffer[:count])
+            if into:
+                while count := flow.read_into(buffer):
+                    got.extend(buffer[:count])
+            else:
+                while chunk := flow.read(size):
+                    assert type(chunk) is bytes
+                    got.extend(chunk)
         except BrokenError as exc:
             return exc
         return None
@@ -76,11 +87,13 @@ def test_full_frames_in_one_read_go_straight_into_place() -> None:
     raw.close()
 
 
+@pytest.mark.parametrize("use_read_into", [True, False], ids=["read_into", "read"])
 @pytest.mark.parametrize("into", [1, 2, 3, 4, 5, 2000, 4099])
-def test_reads_ending_inside_a_frame(into: int) -> None:
+def test_reads_ending_inside_a_frame(into: int, use_read_into: bool) -> None:
     stream, payload = full_frames(6)
     cut = 2 * 4100 + into  # inside the third frame's header (1-3) or body
-    got, error, raw = read_in_pieces([stream[:cut], stream[cut:], header(SHUTDOWN_WRITE)])
+    pieces = [stream[:cut], stream[cut:], header(SHUTDOWN_WRITE)]
+    got, error, raw = read_in_pieces(pieces, into=use_read_into)
     assert (got, error) == (payload, None)
     raw.close()
 
@@ -93,26 +106,32 @@ def test_a_header_split_one_byte_per_read() -> None:
     raw.close()
 
 
-def test_frames_of_other_lengths_and_zero_length_frames_mixed_in() -> None:
+@pytest.mark.parametrize("use_read_into", [True, False], ids=["read_into", "read"])
+def test_frames_of_other_lengths_and_zero_length_frames_mixed_in(use_read_into: bool) -> None:
     parts = [body(4096, 1), body(1, 2), b"", body(4096, 3), body(5000, 4), b"", body(4095, 5), body(4096, 6)]
     stream = b"".join(frame(p) for p in parts)
-    got, error, raw = read_in_pieces([stream[:9000], stream[9000:12345], stream[12345:]], size=3 * 4096)
+    pieces = [stream[:9000], stream[9000:12345], stream[12345:]]
+    got, error, raw = read_in_pieces(pieces, size=4 * 4096, into=use_read_into)
     assert (got, error) == (b"".join(parts), None)
     raw.close()
 
 
-def test_an_oversize_frame_after_full_frames_is_broken_naming_the_length() -> None:
+@pytest.mark.parametrize("use_read_into", [True, False], ids=["read_into", "read"])
+def test_an_oversize_frame_after_full_frames_is_broken_naming_the_length(use_read_into: bool) -> None:
     stream, payload = full_frames(2)
-    got, error, raw = read_in_pieces([stream + header(MAX_FRAME_RECEIVED + 1) + b"x" * 8000])
+    got, error, raw = read_in_pieces(
+        [stream + header(MAX_FRAME_RECEIVED + 1) + b"x" * 8000], into=use_read_into
+    )
     assert got == payload  # the data before the fault came first
     assert isinstance(error, BrokenError)
     assert f"a frame of {MAX_FRAME_RECEIVED + 1} bytes" in str(error)
     raw.close()
 
 
-def test_eof_inside_a_body_is_broken() -> None:
+@pytest.mark.parametrize("use_read_into", [True, False], ids=["read_into", "read"])
+def test_eof_inside_a_body_is_broken(use_read_into: bool) -> None:
     stream, payload = full_frames(2)
-    got, error, raw = read_in_pieces([stream[: 4100 + 1000]])
+    got, error, raw = read_in_pieces([stream[: 4100 + 1000]], into=use_read_into)
     assert got == payload[: 4096 + 996]
     assert isinstance(error, BrokenError)
     assert "inside a data frame (996 of its 4096 bytes came)" in str(error)
@@ -191,3 +210,17 @@ def test_the_fast_path_over_a_socket_flow_only() -> None:
     a, b = greenflow.testing.memory_pair()
     assert FramedFlow(a)._scatter_read is None
     assert FramedFlow(b)._scatter_read is None
+
+
+def test_read_gives_at_most_the_frames_of_one_block() -> None:
+    raw, flow = raw_and_framed()
+    stream, payload = full_frames(20)
+    with raw, flow:
+        raw.write(stream + header(SHUTDOWN_WRITE))
+        first = flow.read(1 << 20)
+        assert first == payload[:65536]
+        assert flow.read(100) == payload[65536 : 65536 + 100]
+        got = bytearray(first) + payload[65536 : 65536 + 100]
+        while chunk := flow.read(1 << 20):
+            got += chunk
+        assert bytes(got) == payload
