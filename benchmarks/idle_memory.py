@@ -1,19 +1,30 @@
 """Memory per idle connection: the server's RSS growth per connected, idle client.
 
 For each case a fresh server process is started (``python -m
-benchmarks.idle_memory KIND COUNT``). It binds a listener, serves with its
-library, and reports its resident set size (``VmRSS``). The benchmark
-process, as the client, then opens ``count`` connections and sends nothing;
-every server handler parks in a read. When all ``count`` handlers are
-parked the server collects garbage, reports its RSS again, and the case's
-value is the growth divided by ``count``, in bytes per connection. The
-server is killed afterwards, whatever happened.
+benchmarks.idle_memory KIND COUNT SENT``). It binds a listener, serves with
+its library, and reports its resident set size (``VmRSS``). The benchmark
+process, as the client, then opens ``count`` connections and on each sends
+``SENT`` bytes (0 or 1). When all ``count`` connections are parked the
+server collects garbage, reports its RSS again, and the case's value is the
+growth divided by ``count``, in bytes per connection. The server is killed
+afterwards, whatever happened.
 
-Kinds: ``greenflow`` (``greenflow.Server``, the handler parked in
-``flow.read()``), ``gevent`` (a raw accept loop, a greenlet per connection
-parked in ``sock.recv``: the baseline), ``asyncio`` and ``uvloop``
-(``start_server``, the handler awaiting ``reader.read``), ``trio``
-(``serve_listeners``, the handler awaiting ``receive_some``).
+Two workloads, one family:
+
+- ``idle_memory``: the clients send nothing. ``greenflow.Server`` runs with
+  a first-data timeout (as ``greenflow serve`` does by default), so a
+  connection that has sent nothing waits on the hub with no greenlet; its
+  connections are counted through the server (``active_connections``),
+  since no handler runs. The others park a handler in a read, as they must.
+- ``idle_memory_handler``: the clients send one byte. Every server's
+  handler reads it and parks in its next read: greenflow's in
+  ``flow.read()``, a connection greenlet parked in a handler.
+
+Kinds: ``greenflow`` (``greenflow.Server``), ``gevent`` (a raw accept loop,
+a greenlet per connection parked in ``sock.recv``: the baseline),
+``asyncio`` and ``uvloop`` (``start_server``, the handler awaiting
+``reader.read``), ``trio`` (``serve_listeners``, the handler awaiting
+``receive_some``).
 """
 
 from __future__ import annotations
@@ -29,6 +40,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -56,38 +68,61 @@ def _report(*words: object) -> None:
 # -- the server process -----------------------------------------------------------------
 
 
-def _serve_gevent_family(kind: str, plain: socket.socket, count: int) -> None:
-    parked = [0]
-    if kind == "greenflow":
-        server_class, _ = need_greenflow_server()
+#: The first-data timeout of the greenflow server whose clients send nothing:
+#: far longer than a case takes, so that none of them is closed meanwhile.
+_FIRST_DATA_TIMEOUT = 600.0
 
-        def handler(flow: Any) -> None:
-            parked[0] += 1
+
+def _serve_greenflow(plain: socket.socket, sent: int) -> Callable[[], int]:
+    """greenflow.Server on ``plain``; returns how to count the parked connections."""
+    server_class, _ = need_greenflow_server()
+    handled = [0]
+
+    def handler(flow: Any) -> None:
+        for _ in range(sent):
             flow.read()
+        handled[0] += 1
+        flow.read()
 
-        listen_socket = importlib.import_module("greenflow.listeners").listen_socket
+    listen_socket = importlib.import_module("greenflow.listeners").listen_socket
+    if sent:
         server = server_class(handler, listen_socket(plain))
         server.start()
-    else:
-        listener = gsocket.socket(plain.family, plain.type, plain.proto, fileno=plain.detach())
+        return lambda: handled[0]
+    server = server_class(handler, listen_socket(plain), first_data_timeout=_FIRST_DATA_TIMEOUT)
+    server.start()
+    return lambda: int(server.active_connections)  # no handler runs for a client that sent nothing
 
-        def handle(sock: Any) -> None:
-            parked[0] += 1
-            try:
+
+def _serve_gevent(plain: socket.socket, sent: int) -> Callable[[], int]:
+    """The raw accept loop on ``plain``, a greenlet per connection; how to count the parked ones."""
+    listener = gsocket.socket(plain.family, plain.type, plain.proto, fileno=plain.detach())
+    handled = [0]
+
+    def handle(sock: Any) -> None:
+        try:
+            for _ in range(sent):
                 sock.recv(65536)
-            finally:
-                sock.close()
+            handled[0] += 1
+            sock.recv(65536)
+        finally:
+            sock.close()
 
-        def serve() -> None:
-            while True:
-                sock, _ = listener.accept()
-                gevent.spawn(handle, sock)
+    def serve() -> None:
+        while True:
+            sock, _ = listener.accept()
+            gevent.spawn(handle, sock)
 
-        gevent.spawn(serve)
+    gevent.spawn(serve)
+    return lambda: handled[0]
+
+
+def _serve_gevent_family(kind: str, plain: socket.socket, count: int, sent: int) -> None:
+    parked = _serve_greenflow(plain, sent) if kind == "greenflow" else _serve_gevent(plain, sent)
     gevent.sleep(0.1)
     gc.collect()
     _report("ready", _rss())
-    while parked[0] < count:
+    while parked() < count:
         gevent.sleep(0.01)
     gevent.sleep(0.2)
     gc.collect()
@@ -95,12 +130,14 @@ def _serve_gevent_family(kind: str, plain: socket.socket, count: int) -> None:
     gevent.sleep(60)
 
 
-def _serve_asyncio(plain: socket.socket, count: int, kind: str) -> None:
+def _serve_asyncio(plain: socket.socket, count: int, sent: int, kind: str) -> None:
     parked = [0]
 
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        parked[0] += 1
         try:
+            for _ in range(sent):
+                await reader.read(65536)
+            parked[0] += 1
             await reader.read(65536)
         finally:
             writer.close()
@@ -122,29 +159,31 @@ def _serve_asyncio(plain: socket.socket, count: int, kind: str) -> None:
         runner.run(main())
 
 
-def server_main(kind: str, count: int) -> None:
-    """The server process: serve ``count`` idle connections and report RSS."""
+def server_main(kind: str, count: int, sent: int) -> None:
+    """The server process: serve ``count`` idle connections, each sent ``sent`` bytes, and report RSS."""
     _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     with listening(buffers=False) as plain:
         _report("port", plain.getsockname()[1])
         if kind in ("greenflow", "gevent"):
-            _serve_gevent_family(kind, plain.dup(), count)
+            _serve_gevent_family(kind, plain.dup(), count, sent)
         elif kind in ("asyncio", "uvloop"):
-            _serve_asyncio(plain.dup(), count, kind)
+            _serve_asyncio(plain.dup(), count, sent, kind)
         elif kind == "trio":
-            _serve_trio(plain.dup(), count)
+            _serve_trio(plain.dup(), count, sent)
         else:
             raise SystemExit(f"unknown kind {kind!r}")
 
 
-def _serve_trio(plain: socket.socket, count: int) -> None:
+def _serve_trio(plain: socket.socket, count: int, sent: int) -> None:
     trio = need("trio")
     parked = [0]
 
     async def handle(stream: Any) -> None:
-        parked[0] += 1
         async with stream:
+            for _ in range(sent):
+                await stream.receive_some(65536)
+            parked[0] += 1
             await stream.receive_some(65536)
 
     async def main() -> None:
@@ -199,7 +238,7 @@ class _Lines:
         self._selector.close()
 
 
-def idle_memory(kind: str, count: int, timeout: float) -> Measurement:
+def idle_memory(kind: str, count: int, timeout: float, sent: int = 0) -> Measurement:
     if kind in ("uvloop", "trio"):
         need(kind)
     elif kind == "greenflow":
@@ -209,7 +248,7 @@ def idle_memory(kind: str, count: int, timeout: float) -> Measurement:
         "PYTHONPATH": os.pathsep.join(filter(None, [str(_ROOT), os.environ.get("PYTHONPATH")])),
     }
     process = subprocess.Popen(
-        [sys.executable, "-m", "benchmarks.idle_memory", kind, str(count)],
+        [sys.executable, "-m", "benchmarks.idle_memory", kind, str(count), str(sent)],
         stdout=subprocess.PIPE,
         stdin=subprocess.DEVNULL,
         cwd=_ROOT,
@@ -224,6 +263,8 @@ def idle_memory(kind: str, count: int, timeout: float) -> Measurement:
             sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
             clients.append(sock)
             sock.connect(("127.0.0.1", port))
+            if sent:
+                sock.sendall(b"x" * sent)
         after = lines.next("parked")
         return Measurement((after - before) / count, {"rss_mib": after / 2**20})
     finally:
@@ -236,31 +277,48 @@ def idle_memory(kind: str, count: int, timeout: float) -> Measurement:
             sock.close()
 
 
+def _cases(count: int, timeout: float, sent: int) -> list[Case]:
+    def case(name: str, kind: str, *, baseline: bool = False) -> Case:
+        return Case(name, functools.partial(idle_memory, kind, count, timeout, sent), baseline=baseline)
+
+    return [
+        case("greenflow.Server", "greenflow"),
+        case("gevent greenlet in recv", "gevent", baseline=True),
+        case("asyncio", "asyncio"),
+        case("uvloop", "uvloop"),
+        case("trio", "trio"),
+    ]
+
+
 def workloads(quick: bool) -> list[Workload]:
     count = 100 if quick else 5000
     timeout = 30.0 if quick else 120.0
-    cases = [
-        Case("greenflow.Server", functools.partial(idle_memory, "greenflow", count, timeout)),
-        Case(
-            "gevent greenlet in recv", functools.partial(idle_memory, "gevent", count, timeout), baseline=True
-        ),
-        Case("asyncio", functools.partial(idle_memory, "asyncio", count, timeout)),
-        Case("uvloop", functools.partial(idle_memory, "uvloop", count, timeout)),
-        Case("trio", functools.partial(idle_memory, "trio", count, timeout)),
-    ]
+    size = f"{count:,} idle connections; server RSS growth per connection, client in another process"
     return [
         Workload(
             name="idle_memory",
             family="idle_memory",
-            title="Memory per idle connection",
+            title="Memory per idle connection, nothing sent",
             unit="bytes/connection",
             higher_is_better=False,
-            size=f"{count:,} idle connections; server RSS growth per connection, client in another process",
-            cases=cases,
+            size=size + "; the clients send nothing (greenflow.Server with a first-data timeout:"
+            " the connections wait without a greenlet)",
+            cases=_cases(count, timeout, 0),
             extras=(("rss_mib", "MiB"),),
-        )
+        ),
+        Workload(
+            name="idle_memory_handler",
+            family="idle_memory",
+            title="Memory per idle connection, parked in a handler",
+            unit="bytes/connection",
+            higher_is_better=False,
+            size=size
+            + "; each client sends one byte, which the handler reads before it parks in its next read",
+            cases=_cases(count, timeout, 1),
+            extras=(("rss_mib", "MiB"),),
+        ),
     ]
 
 
 if __name__ == "__main__":
-    server_main(sys.argv[1], int(sys.argv[2]))
+    server_main(sys.argv[1], int(sys.argv[2]), int(sys.argv[3]) if len(sys.argv) > 3 else 0)

@@ -32,7 +32,7 @@ import errno
 import logging
 import os
 import socket
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Any, Final, Protocol
 
 import gevent
@@ -66,6 +66,9 @@ except (AttributeError, ValueError, OSError):  # pragma: no cover - not Linux
 #: writev joins the buffers into one send below this total size: a copy of a
 #: few KiB is cheaper than the gather bookkeeping (performance notes, point 2).
 _JOIN_BELOW = 4096
+#: A read of this many bytes or more means a transfer is streaming in: the
+#: next read tries the system call before it waits (``_wait_first``).
+_STREAMING = 4096
 _OPEN: Final = DirectionState.OPEN
 _CLOSED: Final = DirectionState.CLOSED
 _SHUT: Final = DirectionState.SHUT
@@ -88,7 +91,7 @@ class _Transport(Protocol):
 
     def send(self, data: Buffer, flags: int, /) -> int: ...
 
-    def sendmsg(self, buffers: list[memoryview], ancdata: tuple[()], flags: int, /) -> int: ...
+    def sendmsg(self, buffers: Sequence[Buffer], ancdata: tuple[()], flags: int, /) -> int: ...
 
 
 class DescriptorFlow(FlowBase):
@@ -104,11 +107,12 @@ class DescriptorFlow(FlowBase):
     writing and release everything.
     """
 
-    __slots__ = ("_fd", "_hub", "_read_watcher", "_sock", "_write_fd", "_write_watcher")
+    __slots__ = ("_fd", "_hub", "_read_watcher", "_sock", "_starved", "_write_fd", "_write_watcher")
 
     def __init__(self, transport: _Transport, read_fd: int, write_fd: int, timeout: float | None) -> None:
         super().__init__(timeout=timeout)
         self._sock = transport
+        self._starved = 0  # see _wait_first
         self._fd = read_fd
         self._write_fd = write_fd
         self._hub = _get_hub()
@@ -134,19 +138,26 @@ class DescriptorFlow(FlowBase):
         else:
             reader.busy = True
         try:
+            if self._starved and self._wait_first("read"):
+                return b""
             while True:
                 try:
                     data = self._sock.recv(size)
                 except BlockingIOError:
-                    if self._park("read"):
-                        return b""
-                    continue
+                    self._starved = 1
+                    data = None  # parked outside the handler, which would keep the error alive meanwhile
                 except InterruptedError:
                     continue
                 except OSError as exc:
                     raise self._read_failed(exc, "read") from exc
+                if data is None:
+                    if self._park("read"):
+                        return b""
+                    continue
                 if not data:
                     reader.end()
+                elif len(data) >= _STREAMING:
+                    self._starved = 0
                 return data
         finally:
             reader.busy = False
@@ -162,13 +173,14 @@ class DescriptorFlow(FlowBase):
         else:
             reader.busy = True
         try:
+            if self._starved and self._wait_first("read_into"):
+                return 0
             while True:
                 try:
                     count = self._sock.recv_into(buffer)
                 except BlockingIOError:
-                    if self._park("read_into"):
-                        return 0
-                    continue
+                    self._starved = 1
+                    count = -1  # parked outside the handler (as in read)
                 except InterruptedError:
                     continue
                 except (TypeError, BufferError):
@@ -177,10 +189,16 @@ class DescriptorFlow(FlowBase):
                     return self._read_copied(check_writable_buffer(buffer))
                 except OSError as exc:
                     raise self._read_failed(exc, "read_into") from exc
+                if count < 0:
+                    if self._park("read_into"):
+                        return 0
+                    continue
                 if not count:
                     if not buffer or not memoryview(buffer).nbytes:  # no room: not EOF
                         raise ValueError("read_into needs a buffer with room for at least one byte")
                     reader.end()
+                elif count >= _STREAMING:
+                    self._starved = 0
                 return count
         finally:
             reader.busy = False
@@ -193,17 +211,38 @@ class DescriptorFlow(FlowBase):
             try:
                 data = self._sock.recv(min(view.nbytes, DEFAULT_READ_SIZE))
             except BlockingIOError:
-                if self._park("read_into"):
-                    return 0
-                continue
+                data = None  # parked outside the handler (as in read)
             except InterruptedError:
                 continue
             except OSError as exc:
                 raise self._read_failed(exc, "read_into") from exc
+            if data is None:
+                if self._park("read_into"):
+                    return 0
+                continue
             if not data:
                 self._reader.end()
             view[: len(data)] = data
             return len(data)
+
+    def _wait_first(self, what: str) -> bool:
+        """For a starved reader: wait for data before trying to read it.
+
+        A read tries the system call first, and waits only when it finds
+        nothing (``EAGAIN``). In a request/response exchange it always finds
+        nothing: the answer is still on its way. So a flow whose last try
+        found nothing is *starved*, and its next reads wait first, sparing a
+        system call and an exception each. Every eighth read of a starved
+        flow tries first anyway, to notice that data now waits; a read that
+        brings a block of :data:`_STREAMING` bytes or more ends the state
+        (a transfer is streaming in). True means reading was shut down.
+        """
+        starved = self._starved
+        if starved & 7:
+            self._starved = starved + 1
+            return self._park(what)
+        self._starved = 0  # this one tries first; EAGAIN makes it starved again
+        return False
 
     def _park(self, what: str) -> bool:
         """Wait until the fd is readable; True means reading was shut down meanwhile."""
@@ -251,7 +290,7 @@ class DescriptorFlow(FlowBase):
             except BaseException as exc:
                 reraise(exc, self._write_interrupted(writer, exc, "write"))
             if sent != len(data):
-                self._send(writer, memoryview(data)[sent:], "write")
+                self._send(writer, memoryview(data)[sent:], "write", not sent)
         finally:
             writer.busy = False
             if writer.timer is not None:
@@ -259,71 +298,107 @@ class DescriptorFlow(FlowBase):
 
     def writev(self, buffers: Iterable[Buffer]) -> None:
         writer = self._writer
-        writer.enter("writev")
+        if writer.busy or writer.state is not _OPEN:
+            writer.refuse("writev")  # raises, or takes the direction
+        else:
+            writer.busy = True
         try:
             if type(buffers) is not list and type(buffers) is not tuple:
                 buffers = check_buffers(buffers)
-            try:
-                # Items, not bytes, for odd formats: the total only picks the path.
-                small = sum(map(len, buffers)) < _JOIN_BELOW
-            except TypeError:
-                buffers = check_buffers(buffers)  # raises for what is not bytes-like
-                small = sum(view.nbytes for view in buffers) < _JOIN_BELOW
-            if small:
+            # bytes and bytearray: their lengths are byte counts, and the
+            # system call takes them as they are. Anything else is checked
+            # and made a flat byte view first.
+            plain = True
+            for item in buffers:
+                kind = type(item)
+                if kind is not bytes and kind is not bytearray:
+                    plain = False
+                    break
+            if not plain:
+                buffers = check_buffers(buffers)  # TypeError: nothing was sent
+            total = sum(map(len, buffers))
+            if total < _JOIN_BELOW:
                 # A small message: one copy and one send beat gather I/O.
+                self._send(writer, b"".join(buffers), "writev")
+            elif total:
+                # Everything in one system call, the common case: no views made.
+                blocked = False
                 try:
-                    data = b"".join(buffers)
-                except TypeError:  # a strided view: check_buffers copies it
-                    data = b"".join(check_buffers(buffers))
-                self._send(writer, data, "writev")
-            else:
-                self._send_views(writer, [check_bytes_like(b) for b in buffers])
+                    sent = self._sock.sendmsg(buffers, (), _NOSIGNAL) if len(buffers) <= _IOV_MAX else 0
+                except BlockingIOError:
+                    sent, blocked = 0, True
+                except BaseException as exc:
+                    reraise(exc, self._write_interrupted(writer, exc, "writev"))
+                if sent != total:
+                    views = [memoryview(b).cast("B") for b in buffers]
+                    self._send_views(writer, views, sent, blocked)
         finally:
-            writer.leave()
+            writer.busy = False
+            if writer.timer is not None:
+                writer.leave()
 
-    def _send(self, writer: Direction, data: bytes | memoryview, what: str) -> None:
-        """Send all of ``data`` (a flat byte view): try once, then wait and loop."""
+    def _send(self, writer: Direction, data: bytes | memoryview, what: str, waiting: bool = False) -> None:
+        """Send all of ``data`` (a flat byte view): try once, then wait and loop.
+
+        ``waiting``: the caller's own try found the socket full (it refused
+        the bytes: ``EAGAIN``), so wait before trying again: a retry at once
+        would only fail again, at the cost of a system call. After a short
+        send the loop retries at once, as space may have freed meanwhile.
+        """
         send = self._sock.send
         try:
-            try:
-                sent = send(data, _NOSIGNAL)
-            except BlockingIOError:
-                sent = 0
-            view = memoryview(data)[sent:] if sent != len(data) else None
+            sent = 0
+            if not waiting:
+                try:
+                    sent = send(data, _NOSIGNAL)
+                except BlockingIOError:
+                    waiting = True
+                if sent == len(data):
+                    return
+            view = memoryview(data)[sent:]
             while view:
+                if waiting:
+                    writer.arm(self._timeout, what)
+                    self._wait_writable(what)
                 try:
                     sent = send(view, _NOSIGNAL)
                 except BlockingIOError:
-                    writer.arm(self._timeout, what)
-                    self._wait_writable(what)
+                    waiting = True
                     continue
                 except InterruptedError:
+                    waiting = False
                     continue
                 view = view[sent:]
+                waiting = False  # a short send: space may free up at once (loopback ACKs)
         except BaseException as exc:
             reraise(exc, self._write_interrupted(writer, exc, what))
 
-    def _send_views(self, writer: Direction, views: list[memoryview]) -> None:
-        # gevent's sendmsg tries once, waits once and may return a short
-        # count; this loop owns the retries, drops what was sent and slices
-        # the first buffer that was sent in part.
+    def _send_views(self, writer: Direction, views: list[memoryview], sent: int, blocked: bool) -> None:
+        # The rest of a gather write whose first ``sent`` bytes went out, and
+        # whether the socket refused the last try (EAGAIN: wait before the
+        # next; after a short send, retry at once, as _send does): this loop
+        # owns the retries, drops what was sent and slices the first buffer
+        # that was sent in part.
         first = 0
         try:
-            while first < len(views):
-                batch = views[first : first + _IOV_MAX]
-                try:
-                    sent = self._sock.sendmsg(batch, (), _NOSIGNAL)
-                except BlockingIOError:
-                    writer.arm(self._timeout, "writev")
-                    self._wait_writable("writev")
-                    continue
-                except InterruptedError:
-                    continue
+            while True:
                 while first < len(views) and sent >= len(views[first]):
                     sent -= len(views[first])
                     first += 1
+                if first == len(views):
+                    return
                 if sent:
                     views[first] = views[first][sent:]
+                if blocked:
+                    writer.arm(self._timeout, "writev")
+                    self._wait_writable("writev")
+                try:
+                    sent = self._sock.sendmsg(views[first : first + _IOV_MAX], (), _NOSIGNAL)
+                    blocked = False
+                except BlockingIOError:
+                    sent, blocked = 0, True
+                except InterruptedError:
+                    sent, blocked = 0, False
         except BaseException as exc:
             reraise(exc, self._write_interrupted(writer, exc, "writev"))
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import os
 import stat
+from collections.abc import Sequence
 
 from .descriptors import DescriptorFlow
 from .flow import Buffer
@@ -48,7 +49,7 @@ class _PipeEnds:
     def send(self, data: Buffer, flags: int, /) -> int:
         return os.write(self.write_fd, data)
 
-    def sendmsg(self, buffers: list[memoryview], ancdata: tuple[()], flags: int, /) -> int:
+    def sendmsg(self, buffers: Sequence[Buffer], ancdata: tuple[()], flags: int, /) -> int:
         return os.writev(self.write_fd, buffers)
 
 

@@ -48,6 +48,12 @@ LINGER_TIMEOUT: Final = 1.0
 _LINGER_READ: Final = 65536
 _LINGER_POLL: Final = 0.01
 
+#: The flags of the peek in has_unread_input, as a plain int: or-ing the
+#: enum members would run Python code on every connection's close.
+_PEEK_NOW: Final = int(socket.MSG_PEEK | socket.MSG_DONTWAIT)
+
+_NO_NAMES: Final[tuple[object, object]] = (None, None)
+
 
 class SocketFlow(DescriptorFlow):
     """A flow over a connected stream socket, which it owns.
@@ -90,7 +96,10 @@ class SocketFlow(DescriptorFlow):
         super().__init__(sock, fd, fd, timeout)
         self._sock: socket.socket = sock
         self._addresses: tuple[object, object] | None = None
-        self._names = (local_address, peer_address)
+        # Most flows are given no names: they share one tuple (a server keeps thousands).
+        self._names = (
+            _NO_NAMES if local_address is None and peer_address is None else (local_address, peer_address)
+        )
 
     def _read_scatter(self, buffers: list[memoryview], what: str = "read_into") -> int:
         """One ``readv`` into ``buffers``, with ``read_into``'s rules; 0 at EOF.
@@ -185,7 +194,7 @@ class SocketFlow(DescriptorFlow):
         if state is DirectionState.CLOSED or state is DirectionState.EOF:
             return False  # nothing can follow the peer's EOF: no system call
         try:
-            return bool(self._sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT))
+            return bool(self._sock.recv(1, _PEEK_NOW))
         except OSError:  # nothing there (EAGAIN), or the connection is gone
             return False
 

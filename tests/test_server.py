@@ -664,3 +664,14 @@ def test_a_plain_server_never_loads_pyopenssl() -> None:
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=30)
     assert result.stdout.strip() == "ok", result.stderr
+
+
+def test_a_listener_on_a_socket_subclass_is_served(serve: Callable[..., Server]) -> None:
+    class Tagged(socket.socket):
+        pass
+
+    sock = Tagged(socket.AF_INET, socket.SOCK_STREAM)
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(8)
+    server = serve(echo, greenflow.Listener(sock))
+    assert exchange(port_of(server), b"subclass") == b"subclass"

@@ -512,3 +512,78 @@ def test_close_lingering_gives_up_after_its_timeout() -> None:
         assert 0.15 < time.monotonic() - started < 3
         assert mine.closed
     assert mine.close_lingering() is False  # closed already: nothing to do
+
+
+# -- a starved reader waits before it tries (descriptors._wait_first) ---------------------
+
+
+def _starve(reader: SocketFlow, writer: SocketFlow, buffer: bytearray) -> None:
+    """One read that finds nothing and waits: the reader is starved after it."""
+    late = gevent.spawn(reader.read_into, buffer)
+    wait_all_blocked()
+    writer.write(b"a")
+    assert late.get(timeout=5) == 1
+    assert reader._starved  # type: ignore[attr-defined]
+
+
+@pytest.mark.timeout(30)
+def test_a_starved_reader_waits_first_and_loses_nothing() -> None:
+    a, b = tcp_pair()
+    buffer = bytearray(100)
+    _starve(b, a, buffer)
+    # Data already there: the reader waits first, the loop finds it ready.
+    a.write(b"bc")
+    assert b.read_into(buffer) == 2 and buffer[:2] == b"bc"
+    # A timeout while waiting first raises, and what comes later is read.
+    b.timeout = 0.05
+    with pytest.raises(FlowTimeout):
+        b.read_into(buffer)
+    b.timeout = None
+    a.write(b"d")
+    assert b.read(10) == b"d"
+    # Every eighth read of a starved flow tries first; all see their data.
+    for index in range(20):
+        a.write(bytes([65 + index]))
+        assert b.read(10) == bytes([65 + index])
+    # A block of 4 KiB or more: a transfer is streaming in, starvation ends.
+    a.write(b"x" * 5000)
+    got = b""
+    while len(got) < 5000:
+        got += b.read(65536)
+    assert got == b"x" * 5000
+    assert not b._starved  # type: ignore[attr-defined]
+    a.close()
+    b.close()
+
+
+@pytest.mark.timeout(30)
+def test_a_starved_reader_is_woken_by_shutdown_and_close() -> None:
+    a, b = tcp_pair()
+    buffer = bytearray(100)
+    _starve(b, a, buffer)
+    parked = gevent.spawn(b.read_into, buffer)
+    wait_all_blocked()
+    b.shutdown("read")
+    assert parked.get(timeout=5) == 0
+    c, d = tcp_pair()
+    _starve(d, c, buffer)
+    parked = gevent.spawn(d.read, 10)
+    wait_all_blocked()
+    d.close()
+    with pytest.raises(ClosedError):
+        parked.get(timeout=5)
+    a.close()
+    b.close()
+    c.close()
+
+
+@pytest.mark.timeout(30)
+def test_a_starved_reader_sees_eof() -> None:
+    a, b = tcp_pair()
+    buffer = bytearray(100)
+    _starve(b, a, buffer)
+    a.shutdown("write")
+    assert b.read_into(buffer) == 0
+    assert b.read() == b""
+    a.close()
+    b.close()

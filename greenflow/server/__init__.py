@@ -34,7 +34,8 @@ server, and a log line per slowloris client would be a denial of service of
 its own). A TLS handshake that fails is logged at ``INFO`` and closed.
 
 Two bounds are opt-in: ``first_data_timeout`` closes a connection that has
-sent nothing in that time, and ``connection_deadline`` ends one that has
+sent nothing in that time (until its first bytes come, such a connection
+waits on the hub with no greenlet: an I/O watcher and a timer), and ``connection_deadline`` ends one that has
 lived that long, whatever it is doing (a client that trickles a byte at a
 time defeats the per-call ``timeout``).
 

@@ -3,8 +3,9 @@
 Each listener has a libev I/O watcher whose callback runs in the hub and
 accepts up to :data:`ACCEPT_BATCH` connections per wake-up, so a burst of
 clients costs one loop turn and no greenlet switch. For each socket it makes
-a :class:`~greenflow.server._connection.Connection` greenlet and starts it;
-everything slow happens there, never on the accept path.
+a :class:`~greenflow.server._connection.Connection` greenlet and begins it
+(started at once, or with a first-data timeout once the client has sent
+something); everything slow happens there, never on the accept path.
 
 The :class:`Acceptor` accepts only while three things hold: it is open (the
 server is serving), the server has fewer connections than its limit, and it
@@ -31,6 +32,7 @@ from __future__ import annotations
 
 import errno
 import logging
+import socket
 from collections.abc import Sequence
 from typing import Any, Final
 
@@ -110,7 +112,15 @@ class Acceptor:
             log.exception("unexpected error while accepting on %s", listener.url)
 
     def _accept_batch(self, listener: Listener) -> None:
-        accept = listener.socket.accept
+        # The socket module's accept() wraps the system call in two enum
+        # conversions and two timeout look-ups per connection. For the stdlib
+        # socket class (which the listen_* functions always give) the loop
+        # calls its _accept(), the system call, and makes the new socket with
+        # the listener's family, type and protocol, as accept() would.
+        listening = listener.socket
+        raw = type(listening) is socket.socket
+        accept: Any = listening._accept if raw else listening.accept  # type: ignore[attr-defined]
+        family, kind, proto = int(listening.family), int(listening.type), listening.proto
         connections = self._connections
         live = connections.live
         limit = connections.limit
@@ -119,7 +129,7 @@ class Acceptor:
                 self.update()
                 return
             try:
-                sock, address = accept()
+                accepted, address = accept()
             except BlockingIOError:
                 return
             except OSError as exc:
@@ -129,9 +139,10 @@ class Acceptor:
                 self._accept_failed(listener, exc)
                 return
             self._backoff = MIN_BACKOFF  # the first successful accept resets the delay
+            sock = socket.socket(family, kind, proto, accepted) if raw else accepted
             connection = Connection(connections, listener, sock, address)
             live.add(connection)
-            connection.start()
+            connection.begin()
 
     def _accept_failed(self, listener: Listener, exc: OSError) -> None:
         if exc.errno in _FATAL_ERRORS:

@@ -1,13 +1,21 @@
 """One connection: the greenlet that serves it, phase by phase.
 
 A :class:`Connection` is made on the accept path for each accepted socket
-and started at once; everything slow happens in its own greenlet. It goes
+and started there (at once, or once its first bytes come); everything slow
+happens in its own greenlet. It goes
 through the phases of :class:`Phase`, always forward::
 
     ACCEPTED -> [AWAITING_DATA] -> ESTABLISHING -> SERVING <-> IDLE -> [LINGERING] -> CLOSED
 
 - ``AWAITING_DATA`` only with the server's ``first_data_timeout``: the
   client's first bytes (a request, a TLS ClientHello) must come within it.
+  The connection waits on the hub, with an I/O watcher and a timer and no
+  greenlet stack (:meth:`Connection.begin`), so a silent client costs a
+  fraction of a parked greenlet; the greenlet is started when the socket
+  becomes readable (bytes, EOF or a reset), when the time runs out, when
+  the connection deadline passes, or when a stop begins. Without the
+  timeout the greenlet starts at once, as protocols in which the server
+  speaks first need.
 - ``ESTABLISHING`` is the listener's slow step
   (:meth:`~greenflow.listener.Listener.establish`): the TLS handshake, a
   PROXY header; nothing at all for a plain listener.
@@ -40,7 +48,6 @@ from typing import TYPE_CHECKING, Any, Final
 import gevent
 from gevent import Greenlet, get_hub, getcurrent
 
-from ..descriptors import wait_ready
 from ..errors import FlowError
 from ..flow import Flow
 from ..listener import Listener
@@ -88,8 +95,13 @@ class Settings:
     deadline: float | None
 
 
-class _EndedByStop(Exception):
-    """Thrown into a connection waiting for its first bytes when a stop begins."""
+class _Wake(enum.Enum):
+    """Why a connection that waited for its first bytes on the hub was started."""
+
+    DATA = "data"  # readable: bytes, or the client's EOF or reset
+    TIMEOUT = "timeout"  # the first-data timeout passed
+    DEADLINE = "deadline"  # the connection deadline passed while it waited
+    STOP = "stop"  # a stop began
 
 
 if TYPE_CHECKING:
@@ -101,11 +113,29 @@ else:
 class Connection(_GreenletBase):
     """The greenlet that serves one accepted connection.
 
-    Inside :func:`idle` its phase is ``IDLE``, ``SERVING`` again after.
+    With a first-data timeout it is not started on the accept path: until
+    the client's first bytes come, it waits on the hub (an I/O watcher and
+    a timer, no greenlet stack), and it is started when they come, when the
+    time runs out, or when a stop begins. Inside :func:`idle` its phase is
+    ``IDLE``, ``SERVING`` again after.
     """
 
     # No __dict__: thousands of these stay parked at once (idle memory).
-    __slots__ = ("flow", "listener", "peer", "phase", "pool", "sock", "waiter")
+    # No spawning stack either (gevent's documented knob): it would always be
+    # the hub's accept path, copied frame by frame for every connection.
+    spawning_stack_limit = 0
+    __slots__ = (
+        "accepted_at",
+        "flow",
+        "listener",
+        "peer",
+        "phase",
+        "pool",
+        "sock",
+        "timer",
+        "waiter",
+        "woken",
+    )
 
     def __init__(self, pool: Connections, listener: Listener, sock: socket.socket, peer: object) -> None:
         Greenlet.__init__(self)
@@ -115,12 +145,47 @@ class Connection(_GreenletBase):
         self.peer = peer
         self.phase = Phase.ACCEPTED
         self.flow: Flow | None = None  # the plain flow, then the established one
-        self.waiter: Any = None  # the watcher while AWAITING_DATA
+        self.waiter: Any = None  # the I/O watcher while AWAITING_DATA on the hub
+        self.timer: Any = None  # and the timer of the first-data timeout (or the deadline)
+        self.woken: _Wake | None = None  # why the wait on the hub ended
+        self.accepted_at: float | None = None  # the loop's time of the accept, for a deadline after a wait
 
     @property
     def handler(self) -> Handler:
         """The handler this connection runs (for tools that label greenlets, such as memtrace)."""
         return self.pool.settings.handler
+
+    # -- on the accept path, in the hub ------------------------------------------
+
+    def begin(self) -> None:
+        """Start the greenlet now, or (with a first-data timeout) once the client has sent something."""
+        settings = self.pool.settings
+        seconds = settings.first_data_timeout
+        if seconds is None:
+            self.start()
+            return
+        self.phase = Phase.AWAITING_DATA
+        loop = get_hub().loop
+        reason = _Wake.TIMEOUT
+        if settings.deadline is not None:
+            self.accepted_at = loop.now()
+            if settings.deadline < seconds:
+                seconds, reason = settings.deadline, _Wake.DEADLINE
+        watcher = self.waiter = loop.io(self.sock.fileno(), _READ)
+        timer = self.timer = loop.timer(seconds)
+        watcher.start(self._wake, _Wake.DATA)
+        timer.start(self._wake, reason)
+
+    def _wake(self, reason: _Wake) -> None:
+        """The wait on the hub is over: start the greenlet, which reads ``woken``."""
+        waiter, timer = self.waiter, self.timer
+        if waiter is None:
+            return
+        self.waiter = self.timer = None
+        waiter.close()
+        timer.close()
+        self.woken = reason
+        self.start()
 
     # -- the life of a connection ----------------------------------------------
 
@@ -128,23 +193,18 @@ class Connection(_GreenletBase):
         settings = self.pool.settings
         deadline = None
         if settings.deadline is not None:
-            deadline = gevent.Timeout(settings.deadline)
-            deadline.start()
+            deadline = self._start_deadline(settings.deadline)
         try:
-            flow = self._open(settings)
-            if flow is not None:
-                if not self.pool.draining:  # until its handler runs, a connection is idle for a stop
-                    self._handle(settings.handler, flow)
-                self._end(flow)
+            if self._first_data_came(settings):
+                flow = self._open(settings)
+                if flow is not None:
+                    if not self.pool.draining:  # until its handler runs, a connection is idle for a stop
+                        self._handle(settings.handler, flow)
+                    self._end(flow)
         except gevent.Timeout as exc:
             if exc is not deadline:
                 raise
-            log.info(
-                "connection from %s on %s: its deadline of %g s passed; closed",
-                self.peer,
-                self.listener.url,
-                settings.deadline,
-            )
+            self._deadline_passed(settings.deadline)
         finally:
             if deadline is not None:
                 deadline.close()
@@ -155,12 +215,42 @@ class Connection(_GreenletBase):
                 self.sock.close()
             self.pool.ended(self)
 
+    def _start_deadline(self, seconds: float) -> gevent.Timeout:
+        """The connection deadline, less the time it waited on the hub for its first bytes."""
+        if self.accepted_at is not None:
+            seconds = max(0.0, seconds - (get_hub().loop.now() - self.accepted_at))
+        deadline = gevent.Timeout(seconds)
+        deadline.start()
+        return deadline
+
+    def _deadline_passed(self, seconds: float | None) -> None:
+        log.info(
+            "connection from %s on %s: its deadline of %g s passed; closed",
+            self.peer,
+            self.listener.url,
+            seconds,
+        )
+
+    def _first_data_came(self, settings: Settings) -> bool:
+        """Whether the connection goes on after its wait on the hub, if it had one (False: it ends)."""
+        woken = self.woken
+        if woken is None:
+            return True  # started on the accept path
+        if woken is _Wake.DATA:
+            return not self.pool.draining
+        if woken is _Wake.TIMEOUT:
+            log.info(
+                "connection from %s on %s sent nothing in %g s; closed",
+                self.peer,
+                self.listener.url,
+                settings.first_data_timeout,
+            )
+        elif woken is _Wake.DEADLINE:
+            self._deadline_passed(settings.deadline)
+        return False
+
     def _open(self, settings: Settings) -> Flow | None:
         """From the accepted socket to the flow for the handler (None: the connection ends)."""
-        if settings.first_data_timeout is not None and not self._await_first_data(
-            settings.first_data_timeout
-        ):
-            return None
         listener = self.listener
         try:
             flow: Flow = listener.open_flow(self.sock, settings.timeout)
@@ -182,28 +272,6 @@ class Connection(_GreenletBase):
                 log.debug("details of the failed opening", exc_info=True)
             return None
         return flow
-
-    def _await_first_data(self, seconds: float) -> bool:
-        """Wait until the client sends something (or its EOF); False: it ends here."""
-        self.phase = Phase.AWAITING_DATA
-        if self.pool.draining:
-            return False
-        watcher = self.waiter = get_hub().loop.io(self.sock.fileno(), _READ)
-        try:
-            if not wait_ready(watcher, seconds):
-                log.info(
-                    "connection from %s on %s sent nothing in %g s; closed",
-                    self.peer,
-                    self.listener.url,
-                    seconds,
-                )
-                return False
-        except _EndedByStop:
-            return False
-        finally:
-            self.waiter = None
-            watcher.close()
-        return not self.pool.draining
 
     def _handle(self, handler: Handler, flow: Flow) -> None:
         self.phase = Phase.SERVING
@@ -248,15 +316,14 @@ class Connection(_GreenletBase):
         if phase is Phase.IDLE:
             self.wake_idle()
         elif phase is Phase.AWAITING_DATA:
-            if self.waiter is not None:
-                get_hub().cancel_wait(self.waiter, _EndedByStop)
+            self._wake(_Wake.STOP)  # started, it sees the stop and ends
         elif phase is Phase.ESTABLISHING and self.flow is not None:
             self.flow.close()
 
     def end_now(self) -> None:
         """The grace period is over: close the connection (its greenlet is killed next)."""
         if self.phase is Phase.AWAITING_DATA:
-            self.end_if_idle()  # the socket is closed as the greenlet unwinds
+            self.end_if_idle()  # closed as the greenlet unwinds (by the drain, if it never ran)
         elif self.flow is not None:
             self.flow.close()
         else:
