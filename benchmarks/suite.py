@@ -68,7 +68,9 @@ TARGETS = [
     Target("writev_4k", "greenflow writev", minimum=1.0, against="gevent sendmsg"),
     Target("writev_64k", "greenflow writev", minimum=1.0, against="gevent sendmsg"),
     Target("wsgi_hello", "greenflow.wsgi", minimum=1.0, note="against gevent.pywsgi"),
-    Target("framed_bulk", "FramedFlow read_into", minimum=0.8, note="against the plain flow under it"),
+    Target(
+        "framed_bulk", "greenflow FramedFlow read_into", minimum=0.8, note="against the plain flow under it"
+    ),
     Target("copy_bulk", "greenflow.copy", minimum=0.95, note="against the raw gevent relay loop"),
 ]
 

@@ -10,10 +10,19 @@ Theory of operation
 -------------------
 
 Reading: a read takes payload the core already holds; only when it holds
-none does it read the transport, one large block (``DEFAULT_READ_SIZE``),
-and feed it to the core, which gathers the payload of many frames into one
-answer. Writing: a write cuts the data into frames of 4 KiB, joined with
-their headers per 64 KiB, and hands them to the transport in one call.
+none does it read the transport, one large block (``READ_BLOCK``: the frames
+of one 64 KiB write), and feed it to the core, which gathers the payload of
+many frames into one answer. Over a socket flow, ``read_into`` skips the
+block and its copies when the core can lay out the next frames
+(:meth:`~greenflow.framing.FrameProtocol.scatter`): one ``readv`` puts the
+bodies straight into the caller's buffer and the headers aside, and the core
+checks the headers afterwards, parsing whatever was not a full data frame.
+
+Writing: a write cuts the data into frames of 4 KiB, joined with their
+headers per 64 KiB, and hands them to the transport in one call (a gather
+write of the headers and views of the caller's data measured no faster over
+a socket flow: the copy in C costs about what the kernel's and ``sendmsg``'s
+per-piece work does).
 
 Control frames go out in order with the data, from the core's outbox:
 ShutdownWrite at once, by ``shutdown("write")`` itself; ShutdownRead and
@@ -66,7 +75,7 @@ from gevent import getcurrent
 
 from .errors import BrokenError, BusyError, FlowError
 from .flow import DEFAULT_READ_SIZE, Buffer, Flow, Shutdown
-from .framing import Event, FrameProtocol, Inbound
+from .framing import READ_BLOCK, Event, FrameProtocol, Inbound
 from .kit import (
     DirectionState,
     FlowBase,
@@ -78,6 +87,7 @@ from .kit import (
     closed_error,
     start_timer,
 )
+from .sockets import SocketFlow
 
 __all__ = ["DEFAULT_CLOSE_TIMEOUT", "MAX_DRAIN", "MAX_TRAILING", "FramedFlow"]
 
@@ -99,6 +109,8 @@ MAX_TRAILING: Final = 1024 * 1024
 _FRAMES: Final = Inbound.FRAMES
 _A = TypeVar("_A", int, memoryview)
 _R = TypeVar("_R", bytes, int)
+_X = TypeVar("_X")
+_Y = TypeVar("_Y")
 _CLOSED: Final = DirectionState.CLOSED
 _SHUT: Final = DirectionState.SHUT
 
@@ -145,6 +157,7 @@ class FramedFlow(FlowBase):
         "_flow",
         "_inner_timeout",
         "_read_greenlet",
+        "_scatter_read",
         "_sender",
         "_transport",
         "_write_greenlet",
@@ -170,6 +183,10 @@ class FramedFlow(FlowBase):
         self._sender: gevent.Greenlet[[], None] | None = None
         self._read_greenlet: greenlet.greenlet | None = None
         self._write_greenlet: greenlet.greenlet | None = None
+        # A socket flow reads into many buffers at once: frames go straight into place.
+        self._scatter_read: Callable[[list[memoryview]], int] | None = (
+            flow._read_scatter if isinstance(flow, SocketFlow) else None
+        )
         #: Whether the protocol ended as it should (the peer's Close,
         #: ShutdownRead or EOF came in time); None while it has not ended.
         self.ended_cleanly: bool | None = None
@@ -197,7 +214,11 @@ class FramedFlow(FlowBase):
         return self._receive(self._core.take, check_read_size(max_bytes), "read", b"")
 
     def read_into(self, buffer: bytearray | memoryview) -> int:
-        return self._receive(self._core.take_into, check_writable_buffer(buffer), "read_into", 0)
+        view = check_writable_buffer(buffer)
+        scatter_read = self._scatter_read
+        if scatter_read is None:
+            return self._receive(self._core.take_into, view, "read_into", 0)
+        return self._receive_scattered(view, scatter_read)
 
     def _receive(self, take: Callable[[_A], _R], argument: _A, what: str, eof: _R) -> _R:
         """A read: payload the core holds, or one transport block at a time until some comes."""
@@ -221,15 +242,64 @@ class FramedFlow(FlowBase):
                 self._on_events()
         return got
 
+    def _receive_scattered(self, view: memoryview, scatter_read: Callable[[list[memoryview]], int]) -> int:
+        """``read_into`` over a socket flow: frames read straight into place when they can be.
+
+        As :meth:`_receive`, but where the core can lay out the next frames
+        (:meth:`~greenflow.framing.FrameProtocol.scatter`), one ``readv``
+        puts their bodies in ``view`` and their headers aside, and the core
+        checks them: no copy of the payload on the way.
+        """
+        reader = self._reader
+        if reader.enter("read_into"):
+            return 0
+        core = self._core
+        try:
+            got = core.take_into(view)
+            while not got:
+                if core.inbound is not _FRAMES:
+                    reader.end()
+                    break
+                plan = core.scatter(view)
+                if plan is None:
+                    if not self._fill("read_into"):
+                        reader.end()
+                        break
+                else:
+                    count = self._from_transport(scatter_read, plan, "read_into")
+                    if count is None:
+                        reader.end()
+                        break
+                    got = core.scattered(view, count)
+                    if got:
+                        break
+                got = core.take_into(view)
+        except BrokenError as exc:
+            reader.fail(exc)
+            raise
+        finally:
+            reader.leave()
+            if core.events:
+                self._on_events()
+        return got
+
     def _fill(self, what: str) -> bool:
         """Read one block from the transport into the core; False if reading was shut down."""
+        block = self._from_transport(self._flow.read, READ_BLOCK, what)
+        if block is None:
+            return False
+        self._core.feed(block)
+        return True
+
+    def _from_transport(self, call: Callable[[_X], _Y], argument: _X, what: str) -> _Y | None:
+        """One read call on the transport, woken by close() or shutdown("read"); None for the latter."""
         reader = self._reader
         reader.arm(self._timeout, what)
         self._read_greenlet = getcurrent()
         try:
-            block = self._flow.read(DEFAULT_READ_SIZE)
+            return call(argument)
         except _WokenByReadShutdown:
-            return False
+            return None
         except _WokenByClose:
             raise closed_error(what) from None
         except BaseException as exc:
@@ -238,8 +308,6 @@ class FramedFlow(FlowBase):
             raise
         finally:
             self._read_greenlet = None
-        self._core.feed(block)
-        return True
 
     # -- writing -------------------------------------------------------------------
 

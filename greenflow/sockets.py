@@ -101,6 +101,42 @@ class SocketFlow(DescriptorFlow):
             _NO_NAMES if local_address is None and peer_address is None else (local_address, peer_address)
         )
 
+    def _read_scatter(self, buffers: list[memoryview], what: str = "read_into") -> int:
+        """One ``readv`` into ``buffers``, with ``read_into``'s rules; 0 at EOF.
+
+        For a layer that reads straight into several places at once
+        (:class:`~greenflow.FramedFlow` puts frame headers aside and bodies
+        in its reader's buffer). The buffers are contiguous writable views,
+        at most ``IOV_MAX`` of them. Like ``read_into``, it takes the reading
+        direction, waits on the hub when the socket has nothing, and says 0
+        at EOF or after this side shut down reading.
+        """
+        reader = self._reader
+        if reader.busy or reader.state is not DirectionState.OPEN:
+            if reader.refuse(what):
+                return 0
+        else:
+            reader.busy = True
+        try:
+            while True:
+                try:
+                    count = os.readv(self._fd, buffers)
+                except BlockingIOError:
+                    if self._park(what):
+                        return 0
+                    continue
+                except InterruptedError:
+                    continue
+                except OSError as exc:
+                    raise self._read_failed(exc, what) from exc
+                if not count:
+                    reader.end()
+                return count
+        finally:
+            reader.busy = False
+            if reader.timer is not None:
+                reader.leave()
+
     def _end_writing(self) -> None:
         self._sock.shutdown(socket.SHUT_WR)
 
