@@ -311,37 +311,53 @@ class DescriptorFlow(FlowBase):
         try:
             if type(buffers) is not list and type(buffers) is not tuple:
                 buffers = check_buffers(buffers)
-            # bytes and bytearray: their lengths are byte counts, and the
-            # system call takes them as they are. Anything else is checked
-            # and made a flat byte view first.
-            plain = True
-            for item in buffers:
-                kind = type(item)
-                if kind is not bytes and kind is not bytearray:
-                    plain = False
-                    break
-            if not plain:
-                buffers = check_buffers(buffers)  # TypeError: nothing was sent
-            total = sum(map(len, buffers))
+            try:
+                # Items, not bytes, for odd formats: the total only picks the path.
+                total = sum(map(len, buffers))
+            except TypeError:
+                buffers = check_buffers(buffers)  # raises for what is not bytes-like
+                total = sum(map(len, buffers))
             if total < _JOIN_BELOW:
                 # A small message: one copy and one send beat gather I/O.
-                self._send(writer, b"".join(buffers), "writev")
-            elif total:
-                # Everything in one system call, the common case: no views made.
-                blocked = False
                 try:
-                    sent = self._sock.sendmsg(buffers, (), _NOSIGNAL) if len(buffers) <= _IOV_MAX else 0
+                    data = b"".join(buffers)
+                except TypeError:  # a strided view: check_buffers copies it
+                    data = b"".join(check_buffers(buffers))
+                try:  # the common case, all at once, without a call more
+                    sent = self._sock.send(data, _NOSIGNAL)
                 except BlockingIOError:
-                    sent, blocked = 0, True
+                    sent = 0
                 except BaseException as exc:
                     reraise(exc, self._write_interrupted(writer, exc, "writev"))
-                if sent != total:
-                    views = [memoryview(b).cast("B") for b in buffers]
-                    self._send_views(writer, views, sent, blocked)
+                if sent != len(data):
+                    self._send(writer, memoryview(data)[sent:], "writev", not sent)
+            else:
+                self._gather(writer, buffers, total)
         finally:
             writer.busy = False
             if writer.timer is not None:
                 writer.leave()
+
+    def _gather(self, writer: Direction, buffers: Sequence[Buffer], total: int) -> None:
+        """A large ``writev``: one ``sendmsg`` of the caller's buffers, the common case."""
+        # bytes and bytearray: their lengths are byte counts, and the system
+        # call takes them as they are. Anything else is checked and made a
+        # flat byte view first.
+        for item in buffers:
+            kind = type(item)
+            if kind is not bytes and kind is not bytearray:
+                buffers = check_buffers(buffers)
+                total = sum(map(len, buffers))
+                break
+        blocked = False
+        try:
+            sent = self._sock.sendmsg(buffers, (), _NOSIGNAL) if len(buffers) <= _IOV_MAX else 0
+        except BlockingIOError:
+            sent, blocked = 0, True
+        except BaseException as exc:
+            reraise(exc, self._write_interrupted(writer, exc, "writev"))
+        if sent != total:
+            self._send_views(writer, [memoryview(b).cast("B") for b in buffers], sent, blocked)
 
     def _send(self, writer: Direction, data: bytes | memoryview, what: str, waiting: bool = False) -> None:
         """Send all of ``data`` (a flat byte view): try once, then wait and loop.
