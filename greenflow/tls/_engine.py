@@ -106,7 +106,8 @@ cannot parse (for ``_errors.py``).
 from __future__ import annotations
 
 import enum
-from typing import Final, NoReturn, TypeVar
+from collections.abc import Callable
+from typing import Final, NoReturn, TypeVar, cast
 
 from OpenSSL import SSL
 
@@ -127,6 +128,7 @@ __all__ = [
 ]
 
 _E = TypeVar("_E", bytes, int)
+_W = TypeVar("_W")
 
 #: The largest TLS record's plaintext.
 RECORD_SIZE: Final = 16384
@@ -383,19 +385,7 @@ class TLSEngine:
             ValueError: the handshake has not completed, or our close_notify
                 was written already.
         """
-        if self.state is not EngineState.OPEN:
-            self._check_open()
-        if self._ours is not OurEnding.OPEN:
-            raise ValueError("cannot send after close_notify")
-        try:
-            sent = self._records.write(data)
-        except BaseException as exc:
-            self._raise_failure(exc, "session")
-        if sent == WANT_INPUT:
-            if self._peer is not PeerEnding.OPEN:
-                raise self._fail(TLSError("TLS renegotiation failed: the peer closed the connection"))
-            return NEED_INPUT
-        return sent
+        return self._write(self._records.write, data)
 
     def encrypt(self, data: bytes | bytearray | memoryview) -> bytes | NeedInput:
         """:meth:`write_plaintext` and :meth:`ciphertext_to_send` in one call.
@@ -404,19 +394,25 @@ class TLSEngine:
         (what was waiting before included), or ``NEED_INPUT`` as
         :meth:`write_plaintext` does; raises as it does.
         """
+        return cast("bytes | NeedInput", self._write(self._records.seal, data))  # WANT_INPUT is filtered
+
+    def _write(
+        self, operation: Callable[[bytes | bytearray | memoryview], _W], data: bytes | bytearray | memoryview
+    ) -> _W | NeedInput:
+        """``operation(data)`` on the record layer: a write, or a write and its ciphertext."""
         if self.state is not EngineState.OPEN:
             self._check_open()
         if self._ours is not OurEnding.OPEN:
             raise ValueError("cannot send after close_notify")
         try:
-            sealed = self._records.seal(data)
+            answer = operation(data)
         except BaseException as exc:
             self._raise_failure(exc, "session")
-        if isinstance(sealed, int):  # WANT_INPUT
+        if answer == WANT_INPUT:  # a TLS 1.2 renegotiation must hear from the peer first
             if self._peer is not PeerEnding.OPEN:
                 raise self._fail(TLSError("TLS renegotiation failed: the peer closed the connection"))
             return NEED_INPUT
-        return sealed
+        return answer
 
     def write_close_notify(self) -> None:
         """End our side: write our close_notify to the outgoing BIO.
