@@ -439,3 +439,17 @@ def test_the_old_ending_flags_follow_the_endings() -> None:
     lax.receive_eof()
     assert lax.recv(10) == b""
     assert lax.transport_eof
+
+
+def test_a_read_with_no_room_is_refused_and_changes_nothing() -> None:
+    client, server = _pair()
+    with pytest.raises(ValueError, match="room for at least one byte"):
+        server.read_plaintext_into(bytearray(0))  # refused first, even with nothing fed
+    client.write_plaintext(b"kept")
+    _move(client, server)
+    with pytest.raises(ValueError, match="room for at least one byte"):
+        server.read_plaintext_into(bytearray(0))
+    with pytest.raises(ValueError, match="at least 1"):
+        server.read_plaintext(0)
+    assert server.peer_ending is PeerEnding.OPEN
+    assert server.read_plaintext(100) == b"kept"

@@ -313,6 +313,8 @@ class TLSEngine:
             TLSError: an alert, garbage, or a failed renegotiation.
             ValueError: the handshake has not completed.
         """
+        if max_bytes < 1:  # OpenSSL would answer 0, which reads as the peer's close_notify
+            raise ValueError(f"read_plaintext needs max_bytes of at least 1, not {max_bytes}")
         if self.state is not EngineState.OPEN:
             self._check_open()
         peer = self._peer
@@ -334,6 +336,12 @@ class TLSEngine:
 
         ``buffer`` is a flat view of bytes (``kit.check_writable_buffer``).
         """
+        view = buffer if type(buffer) is memoryview else memoryview(buffer)
+        size = len(view)
+        if size > _READ_CHUNK:
+            view = view[:_READ_CHUNK]
+        elif not size:  # OpenSSL would answer 0, which reads as the peer's close_notify
+            raise ValueError("read_plaintext_into needs a buffer with room for at least one byte")
         if self.state is not EngineState.OPEN:
             self._check_open()
         peer = self._peer
@@ -342,9 +350,8 @@ class TLSEngine:
                 return NEED_INPUT
         elif peer is not PeerEnding.TRANSPORT_EOF:
             return 0
-        view = buffer if type(buffer) is memoryview else memoryview(buffer)
         try:
-            count = self._records.read_into(view[:_READ_CHUNK] if len(view) > _READ_CHUNK else view)
+            count = self._records.read_into(view)
         except BaseException as exc:
             self._raise_failure(exc, "session")
         if count > 0:
