@@ -312,30 +312,22 @@ class FramedFlow(FlowBase):
     # -- writing -------------------------------------------------------------------
 
     def write(self, data: Buffer) -> None:
-        view = check_bytes_like(data)
-        writer = self._writer
-        try:
-            writer.enter("write")
-        except BusyError:
-            self._after_sender("write")
-        try:
-            self._send(self._core.frames(view), "write")
-        except BaseException as exc:
-            self._write_failed(exc, "write")
-        finally:
-            writer.leave()
+        self._write(self._core.frames, check_bytes_like(data), "write")
 
     def writev(self, buffers: Iterable[Buffer]) -> None:
-        views = check_buffers(buffers)
+        self._write(self._core.frames_of, check_buffers(buffers), "writev")
+
+    def _write(self, cut: Callable[[_X], list[bytes | memoryview]], data: _X, what: str) -> None:
+        """Take the writing direction, cut ``data`` into frames with ``cut``, send them."""
         writer = self._writer
         try:
-            writer.enter("writev")
+            writer.enter(what)
         except BusyError:
-            self._after_sender("writev")
+            self._after_sender(what)
         try:
-            self._send(self._core.frames_of(views), "writev")
+            self._send(cut(data), what)
         except BaseException as exc:
-            self._write_failed(exc, "writev")
+            self._write_failed(exc, what)
         finally:
             writer.leave()
 
